@@ -1,0 +1,7 @@
+"""wash-sweeps: WASH (weight shuffling, then averaging) and its baselines, measured and swept."""
+
+from .config import ConfigError, TrainConfig
+from .train import DivergedError, train_and_evaluate
+
+__all__ = ["ConfigError", "DivergedError", "TrainConfig", "train_and_evaluate"]
+__version__ = "0.1.0"

@@ -1,0 +1,499 @@
+"""The training configuration: one frozen dataclass, its presets and its validation.
+
+Every other entry point (CLI flags, sweep files, DVC's params.yaml, tracker params, checkpoint
+metadata) is derived from :class:`TrainConfig`; nothing else defines a hyper-parameter.
+
+    cfg = TrainConfig.from_preset("mnist1d-fast", method="wash", p=0.01)
+    cfg = TrainConfig.from_yaml("my_run.yaml")          # may name `preset:` inside
+    cfg = TrainConfig.from_cli(["--preset", "digits", "--set", "p=0.003"])
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+Dataset = Literal["mnist1d", "digits", "cifar10", "cifar100", "synthetic"]
+Model = Literal["cnn1d", "cnn_digits", "mlp", "resnet18", "resnet20", "vgg16_bn"]
+Method = Literal["independent", "wash", "papa", "papa_all"]
+POPULATION_METHODS = ("wash", "papa", "papa_all")
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message is one line naming the field and what is allowed."""
+
+
+def _f(default: Any, help: str, **constraints: Any) -> Any:
+    """A field with its help text (unit first) and range constraints (min, max, gt)."""
+    return dataclasses.field(default=default, metadata={"help": help, **constraints})
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    # --- what to train -------------------------------------------------------------------
+    preset: str = _f("default", "name of the preset these values started from (recorded only)")
+    dataset: Dataset = _f("mnist1d", "dataset name")
+    data_root: str = _f("data", "directory holding torchvision datasets (cifar10/100)")
+    download: bool = _f(False, "let torchvision download CIFAR when missing (needs network)")
+    n_train: int = _f(0, "samples: cap on the training set size, 0 = all", min=0)
+    synthetic_shape: str = _f(
+        "1x40",
+        "CxL or CxHxW of synthetic inputs",
+    )
+    synthetic_classes: int = _f(10, "classes of the synthetic dataset", min=2)
+    held_out_fraction: float = _f(
+        0.02, "fraction of the training set held out (greedy soup)", min=0.0, max=0.5
+    )
+    augment: bool = _f(False, "random crop (4 px padding) + horizontal flip for image data")
+    model: Model = _f("cnn1d", "architecture")
+    width: int = _f(
+        32, "channels of the first layer of the small models (cnn1d/cnn_digits/mlp)", min=1
+    )
+    # --- the population and its communication ---------------------------------------------
+    method: Method = _f("wash", "independent | wash | papa | papa_all")
+    n_members: int = _f(5, "population size N", min=1)
+    same_init: bool = _f(False, "all members start from member 0's initialisation")
+    member_regularization: bool = _f(False, "each member draws its own label smoothing / mixup")
+    p: float = _f(
+        0.01,
+        "per coordinate per shuffle: probability that a coordinate is shuffled",
+        min=0.0,
+        max=1.0,
+    )
+    layer_schedule: Literal["linear", "uniform"] = _f(
+        "linear", "p per layer: uniform p, or linear p*(1-l/L) decreasing with depth"
+    )
+    shuffle_every: int = _f(1, "optimizer steps between shuffles", min=1)
+    shuffle_until: float = _f(
+        1.0, "fraction of training after which shuffling stops", min=0.0, max=1.0
+    )
+    p_schedule: Literal["constant", "cosine", "linear"] = _f(
+        "constant", "p over training: constant, or decayed to 0 by cosine/linear"
+    )
+    shuffle_optimizer_state: bool = _f(False, "momentum buffers move with their weights")
+    shuffle_buffers: bool = _f(False, "BatchNorm running statistics are shuffled too")
+    papa_rate: float = _f(0.01, "per sync: PAPA pull (1-a) toward the mean", min=0.0, max=1.0)
+    papa_every: int = _f(10, "optimizer steps between PAPA pulls", min=1)
+    papa_scale_with_lr: bool = _f(True, "PAPA pull scaled by lr_t/lr_0 along the schedule")
+    papa_all_every: int = _f(5, "epochs between PAPA-all replacements by the average", min=1)
+    # --- optimisation ---------------------------------------------------------------------
+    optimizer: Literal["sgd", "adamw"] = _f("sgd", "optimizer of every member")
+    lr: float = _f(0.05, "learning rate at the start of the schedule", gt=0.0)
+    momentum: float = _f(0.9, "SGD momentum", min=0.0, max=0.999)
+    nesterov: bool = _f(False, "Nesterov momentum")
+    weight_decay: float = _f(5e-4, "L2 weight decay per step", min=0.0)
+    lr_schedule: Literal["cosine", "constant", "step"] = _f(
+        "cosine", "learning-rate schedule, per iteration (step: x0.1 at 50% and 75%)"
+    )
+    warmup_epochs: float = _f(0.0, "epochs of linear learning-rate warm-up", min=0.0)
+    batch_size: int = _f(128, "samples per member per step", min=1)
+    epochs: int = _f(40, "epochs of training", min=1)
+    # --- evaluation -----------------------------------------------------------------------
+    eval_every: int = _f(
+        1, "epochs between evaluations (the last epoch is always evaluated)", min=1
+    )
+    eval_batch_size: int = _f(1000, "samples per forward pass at evaluation", min=1)
+    barrier_points: int = _f(11, "points on the interpolation grid of the loss barrier", min=2)
+    barrier_pairs: int = _f(3, "member pairs on which the barrier is measured, 0 = all", min=0)
+    barrier_every: int = _f(
+        1, "evaluations between barrier measurements, 0 = at the end only", min=0
+    )
+    barrier_samples: int = _f(1000, "test samples used for the loss barrier, 0 = all", min=0)
+    bn_reestimate_batches: int = _f(20, "training batches to re-estimate BN statistics", min=1)
+    # --- run control ----------------------------------------------------------------------
+    seed: int = _f(0, "base seed; every other seed is derived from it", min=0)
+    device: str = _f("auto", "auto | cpu | cuda | cuda:K")
+    threads: int = _f(0, "torch CPU threads, 0 = torch's default", min=0)
+    out_dir: str = _f("runs", "root directory of run directories")
+    run_name: str = _f("", "run directory name; empty = derived from method, p, N and seed")
+    checkpoint_every: int = _f(1, "epochs between checkpoints, 0 = only at the end", min=0)
+    progress: bool = _f(True, "tqdm progress bar")
+    # --- tracking -------------------------------------------------------------------------
+    track: str = _f("", "comma list of trackers: wandb, mlflow (local files are always written)")
+    project: str = _f("wash-sweeps", "W&B project / MLflow experiment name")
+    wandb_entity: str = _f("", "W&B entity (team or user)")
+    wandb_mode: Literal["offline", "online", "disabled"] = _f(
+        "offline", "W&B mode; online needs WANDB_API_KEY"
+    )
+    group: str = _f("", "run group (a study or sweep name)")
+    job_type: str = _f("train", "W&B job type")
+    tags: str = _f("", "comma list of tags")
+    mlflow_uri: str = _f(
+        "", "MLflow tracking URI; empty = MLFLOW_TRACKING_URI or SQLite in out_dir"
+    )
+
+    # ----------------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            _check_field(f, getattr(self, f.name), _hints()[f.name])
+        _check_cross_fields(self)
+
+    # construction -----------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], base: TrainConfig | None = None) -> TrainConfig:
+        """Apply `values` over `base` (or over the preset named in `values`, or the default)."""
+        values = dict(values)
+        if base is None:
+            base = preset(str(values["preset"])) if "preset" in values else cls()
+        unknown = sorted(set(values) - set(field_names()))
+        if unknown:
+            raise ConfigError(
+                f"unknown config field {unknown[0]!r}; allowed fields: {', '.join(field_names())}"
+            )
+        coerced = {k: coerce(k, v) for k, v in values.items()}
+        return dataclasses.replace(base, **coerced)
+
+    @classmethod
+    def from_preset(cls, name: str = "default", **overrides: Any) -> TrainConfig:
+        return cls.from_dict(overrides, base=preset(name))
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            first = str(e).splitlines()[0]
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {first}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping of field: value")
+        return cls.from_dict({**data, **overrides})
+
+    @classmethod
+    def from_cli(cls, argv: Sequence[str]) -> TrainConfig:
+        parser = argparse.ArgumentParser(add_help=False)
+        add_config_arguments(parser)
+        args, rest = parser.parse_known_args(argv)
+        if rest:
+            raise ConfigError(f"unknown arguments: {' '.join(rest)}")
+        return from_args(args)
+
+    # views --------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return TrainConfig.from_dict(changes, base=self)
+
+    @property
+    def is_population_method(self) -> bool:
+        return self.method in POPULATION_METHODS
+
+    @property
+    def default_run_name(self) -> str:
+        parts = [self.dataset, self.method, f"N{self.n_members}"]
+        if self.method == "wash":
+            parts.append(f"p{self.p:g}")
+        if self.method == "papa":
+            parts.append(f"r{self.papa_rate:g}")
+        parts.append(f"s{self.seed}")
+        return "-".join(parts)
+
+
+# --- field checking ---------------------------------------------------------------------------
+
+
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+_HINTS: dict[str, Any] = {}
+
+
+def _hints() -> dict[str, Any]:
+    if not _HINTS:
+        _HINTS.update(typing.get_type_hints(TrainConfig))
+    return _HINTS
+
+
+def field_type(name: str) -> Any:
+    return _hints()[name]
+
+
+def field_choices(name: str) -> tuple[Any, ...] | None:
+    hint = field_type(name)
+    return typing.get_args(hint) if typing.get_origin(hint) is Literal else None
+
+
+def field_help(name: str) -> str:
+    return TrainConfig.__dataclass_fields__[name].metadata.get("help", "")
+
+
+def _base_type(hint: Any) -> type:
+    if typing.get_origin(hint) is Literal:
+        return type(typing.get_args(hint)[0])
+    return hint
+
+
+def coerce(name: str, value: Any) -> Any:
+    """Turn a CLI/YAML/sweep value into the field's type; refuse what does not fit."""
+    if name not in TrainConfig.__dataclass_fields__:
+        raise ConfigError(
+            f"unknown config field {name!r}; allowed fields: {', '.join(field_names())}"
+        )
+    typ = _base_type(field_type(name))
+    if isinstance(value, str) and typ is not str:
+        text = value.strip()
+        if typ is bool:
+            low = text.lower()
+            if low in ("true", "1", "yes", "on"):
+                return True
+            if low in ("false", "0", "no", "off"):
+                return False
+            raise ConfigError(f"{name}={value!r}: expected a boolean (true/false)")
+        try:
+            return typ(float(text)) if typ is int and "e" in text.lower() else typ(text)
+        except ValueError:
+            raise ConfigError(f"{name}={value!r}: expected {typ.__name__}") from None
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _check_field(f: dataclasses.Field, value: Any, hint: Any) -> None:
+    typ = _base_type(hint)
+    ok = isinstance(value, typ) and not (typ is not bool and isinstance(value, bool))
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if not ok:
+        raise ConfigError(
+            f"{f.name}={value!r}: expected {typ.__name__}, got {type(value).__name__}"
+        )
+    choices = field_choices(f.name)
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{f.name}={value!r}: allowed values are {', '.join(map(str, choices))}")
+    if typ in (int, float):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{f.name}={value!r}: must be a finite number")
+        lo, hi, gt = f.metadata.get("min"), f.metadata.get("max"), f.metadata.get("gt")
+        if lo is not None and value < lo:
+            raise ConfigError(
+                f"{f.name}={value!r}: must be >= {lo}" + (f" and <= {hi}" if hi is not None else "")
+            )
+        if hi is not None and value > hi:
+            raise ConfigError(
+                f"{f.name}={value!r}: must be <= {hi}" + (f" and >= {lo}" if lo is not None else "")
+            )
+        if gt is not None and value <= gt:
+            raise ConfigError(f"{f.name}={value!r}: must be > {gt}")
+
+
+# which models read which input shapes
+_MODEL_DATASETS = {
+    "cnn1d": ("mnist1d", "synthetic"),
+    "cnn_digits": ("digits", "synthetic"),
+    "mlp": ("mnist1d", "digits", "synthetic", "cifar10", "cifar100"),
+    "resnet18": ("cifar10", "cifar100", "synthetic"),
+    "resnet20": ("cifar10", "cifar100", "synthetic"),
+    "vgg16_bn": ("cifar10", "cifar100", "synthetic"),
+}
+
+
+def _check_cross_fields(c: TrainConfig) -> None:
+    if c.is_population_method and c.n_members < 2:
+        raise ConfigError(f"n_members={c.n_members}: method {c.method!r} needs n_members >= 2")
+    if c.dataset not in _MODEL_DATASETS[c.model]:
+        raise ConfigError(
+            f"model={c.model!r} does not take dataset={c.dataset!r}; "
+            f"it takes {', '.join(_MODEL_DATASETS[c.model])}"
+        )
+    dims = c.synthetic_shape.lower().split("x")
+    if not (2 <= len(dims) <= 3 and all(d.isdigit() and int(d) > 0 for d in dims)):
+        raise ConfigError(
+            f"synthetic_shape={c.synthetic_shape!r}: expected CxL or CxHxW, "
+            "positive integers (e.g. 1x40, 3x32x32)"
+        )
+    if c.dataset == "synthetic" and c.model == "cnn1d" and len(dims) != 2:
+        raise ConfigError(f"synthetic_shape={c.synthetic_shape!r}: model cnn1d needs CxL")
+    if c.dataset == "synthetic" and c.model != "cnn1d" and c.model != "mlp" and len(dims) != 3:
+        raise ConfigError(f"synthetic_shape={c.synthetic_shape!r}: model {c.model} needs CxHxW")
+    if c.device != "auto" and c.device != "cpu" and not c.device.startswith("cuda"):
+        raise ConfigError(f"device={c.device!r}: allowed values are auto, cpu, cuda, cuda:K")
+    trackers = [t for t in c.track.split(",") if t.strip()]
+    for t in trackers:
+        if t.strip() not in ("wandb", "mlflow"):
+            raise ConfigError(f"track={c.track!r}: allowed trackers are wandb, mlflow")
+    if "/" in c.run_name or c.run_name in (".", ".."):
+        raise ConfigError(f"run_name={c.run_name!r}: must be a plain directory name")
+
+
+# --- presets: deltas over the default ---------------------------------------------------------
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    # MNIST-1D, 1-D CNN: the CPU-scale protocol. 30 steps/epoch at batch 128.
+    "mnist1d-fast": dict(
+        dataset="mnist1d",
+        model="cnn1d",
+        epochs=40,
+        batch_size=128,
+        lr=0.05,
+        weight_decay=5e-4,
+        p=0.01,
+        layer_schedule="uniform",
+        shuffle_optimizer_state=True,
+        shuffle_until=0.9,
+        papa_rate=0.1,
+    ),
+    # the longer schedule where the prototype saw WASH's average close to PAPA's
+    "mnist1d": dict(
+        dataset="mnist1d",
+        model="cnn1d",
+        epochs=120,
+        batch_size=128,
+        lr=0.05,
+        weight_decay=5e-4,
+        p=0.01,
+        layer_schedule="uniform",
+        shuffle_optimizer_state=True,
+        shuffle_until=0.9,
+        papa_rate=0.1,
+    ),
+    # seconds, for tests and smoke runs
+    "tiny": dict(
+        dataset="mnist1d",
+        model="cnn1d",
+        width=8,
+        epochs=2,
+        batch_size=64,
+        n_train=512,
+        n_members=3,
+        eval_batch_size=512,
+        barrier_points=5,
+        barrier_samples=200,
+        progress=False,
+    ),
+    "digits": dict(
+        dataset="digits",
+        model="cnn_digits",
+        epochs=30,
+        batch_size=64,
+        lr=0.05,
+        weight_decay=5e-4,
+        p=0.01,
+        layer_schedule="uniform",
+        shuffle_optimizer_state=True,
+        shuffle_until=0.9,
+        papa_rate=0.1,
+        held_out_fraction=0.05,
+    ),
+    # PAPA's CIFAR protocol (method.md): ResNet-18, SGD 0.1, batch 64, 300 epochs, N=5
+    "cifar10-resnet18": dict(
+        dataset="cifar10",
+        model="resnet18",
+        epochs=300,
+        batch_size=64,
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=1e-4,
+        augment=True,
+        n_members=5,
+        p=0.001,
+        layer_schedule="linear",
+        papa_rate=0.01,
+        papa_every=10,
+        papa_all_every=5,
+        eval_every=5,
+        barrier_every=0,
+        eval_batch_size=500,
+        barrier_pairs=2,
+    ),
+    "cifar100-resnet18": dict(
+        dataset="cifar100",
+        model="resnet18",
+        epochs=300,
+        batch_size=64,
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=5e-4,
+        augment=True,
+        n_members=5,
+        p=0.001,
+        layer_schedule="linear",
+        papa_rate=0.01,
+        papa_every=10,
+        papa_all_every=5,
+        eval_every=5,
+        barrier_every=0,
+        eval_batch_size=500,
+        barrier_pairs=2,
+    ),
+    # a short CIFAR-10 schedule for a quick GPU check; PAPA's rate scaled to 10 epochs
+    "cifar10-short": dict(
+        dataset="cifar10",
+        model="resnet18",
+        epochs=10,
+        batch_size=64,
+        lr=0.1,
+        weight_decay=5e-4,
+        augment=True,
+        n_members=5,
+        p=0.01,
+        layer_schedule="uniform",
+        shuffle_optimizer_state=True,
+        shuffle_until=0.9,
+        papa_rate=0.1,
+        eval_every=2,
+        barrier_every=0,
+        eval_batch_size=500,
+        barrier_pairs=2,
+    ),
+}
+
+
+def preset(name: str) -> TrainConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"preset={name!r}: allowed presets are {', '.join(PRESETS)}")
+    return TrainConfig(**{**PRESETS[name], "preset": name})
+
+
+# --- CLI ------------------------------------------------------------------------------------
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """--preset, --config FILE and repeated --set field=value (fields are TrainConfig's)."""
+    parser.add_argument("--preset", default=None, help=f"one of: {', '.join(PRESETS)}")
+    parser.add_argument(
+        "--config", default=None, help="YAML file of field: value (may name a preset)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override one config field (repeatable); see `wash-sweeps fields`",
+    )
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected FIELD=VALUE")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value
+    return out
+
+
+def from_args(args: argparse.Namespace) -> TrainConfig:
+    overrides = parse_overrides(args.overrides)
+    if args.config:
+        extra = {"preset": args.preset} if args.preset else {}
+        return TrainConfig.from_yaml(args.config, **extra, **overrides)
+    return TrainConfig.from_preset(args.preset or "mnist1d-fast", **overrides)

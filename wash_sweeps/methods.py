@@ -1,0 +1,214 @@
+"""The communication methods (independent, wash, papa, papa_all) behind one small interface.
+
+A method acts on the population after every optimizer step and every epoch and returns the exact
+number of bytes a distributed implementation must send. It never touches tensors of other
+processes itself: it goes through an *exchange* (the transport). `LocalExchange` holds every
+member in this process; `wash_sweeps.distributed` provides one over torch.distributed with the
+same three operations, so the same method code runs both ways.
+
+Byte accounting (method.md), all totals over the whole population:
+- WASH: values that change owner (selected coordinates with s(i) != i) x element size, for the
+  weights and for every tensor shuffled along (optimizer state, buffers). Indices and
+  permutations cost nothing: every process draws them from the shared (seed, step) generator.
+- PAPA / PAPA-all: a ring all-reduce of the full state (parameters + float buffers) moves
+  2 (N - 1) / N * d values per member, 2 (N - 1) d in all.
+- Data-parallel SGD (the reference line): the same all-reduce of the gradient every step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Protocol
+
+import torch
+
+from . import seeding
+from .config import TrainConfig
+from .population import Population
+from .shuffle import Segment, ShufflePlan, apply_plan, draw_plan, expected_fraction, scale_segments
+
+
+def allreduce_values(n_members: int, d: int) -> int:
+    """Values a ring all-reduce of d values moves, summed over the N members."""
+    return 2 * (n_members - 1) * d
+
+
+class Exchange(Protocol):
+    """The transport: how rows held by different processes are combined."""
+
+    n_members: int
+
+    def permute_(self, tensors: Sequence[torch.Tensor], plan: ShufflePlan) -> int:
+        """Apply `plan` to each (n_local, P) tensor in place; return the values sent."""
+
+    def mean(self, local: torch.Tensor) -> torch.Tensor:
+        """The (P,) mean over all N members of a (n_local, P) tensor, on every process."""
+
+    def gather(self, local: torch.Tensor) -> torch.Tensor | None:
+        """All N rows (N, ...) stacked in member order (on the logging process; None elsewhere)."""
+
+
+class LocalExchange:
+    """Every member is in this process: the operations are plain tensor ops."""
+
+    def __init__(self, n_members: int):
+        self.n_members = n_members
+
+    def permute_(self, tensors: Sequence[torch.Tensor], plan: ShufflePlan) -> int:
+        plan = plan.to(tensors[0].device) if tensors else plan
+        for t in tensors:
+            apply_plan(t, plan)
+        return plan.n_moved() * len(tensors) if plan.n_selected else 0
+
+    def mean(self, local: torch.Tensor) -> torch.Tensor:
+        return local.mean(0)
+
+    def gather(self, local: torch.Tensor) -> torch.Tensor | None:
+        return local
+
+
+class Method:
+    """No communication (`independent`); the base of the others."""
+
+    name = "independent"
+
+    def __init__(self, cfg: TrainConfig, pop: Population, exchange: Exchange, total_steps: int):
+        self.cfg, self.pop, self.exchange, self.total_steps = cfg, pop, exchange, total_steps
+        self.elem_size = pop.params.element_size()
+
+    def after_step(self, step: int, lr_ratio: float) -> int:
+        """Called after optimizer step `step` (0-based); returns bytes sent."""
+        return 0
+
+    def after_epoch(self, epoch: int) -> int:
+        """Called after epoch `epoch` (0-based); returns bytes sent."""
+        return 0
+
+    def derived(self) -> dict[str, float]:
+        """Derived quantities logged with the config (never configured by hand)."""
+        return {}
+
+
+class Wash(Method):
+    name = "wash"
+
+    def __init__(self, cfg: TrainConfig, pop: Population, exchange: Exchange, total_steps: int):
+        super().__init__(cfg, pop, exchange, total_steps)
+        self.segments = pop.spec.segments(cfg.p, cfg.layer_schedule)
+        self.buffer_segments = pop.spec.buffer_segments(cfg.p, cfg.layer_schedule)
+        self.last_stop = math.ceil(cfg.shuffle_until * total_steps)  # no shuffle at steps >= this
+
+    def p_factor(self, step: int) -> float:
+        """The p schedule over training: 1 throughout (constant), or decayed to 0 at the end."""
+        t = step / max(self.total_steps, 1)
+        if self.cfg.p_schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * t))
+        if self.cfg.p_schedule == "linear":
+            return 1.0 - t
+        return 1.0
+
+    def plans(self, step: int) -> tuple[ShufflePlan | None, ShufflePlan | None]:
+        """The plans of step `step` (None where nothing is shuffled): the same on every process."""
+        if (step + 1) % self.cfg.shuffle_every or step >= self.last_stop:
+            return None, None
+        factor = self.p_factor(step)
+        rng = seeding.numpy_rng(self.cfg.seed, seeding.SHUFFLE, step)
+        n = self.cfg.n_members
+        plan = draw_plan(scale_segments(self.segments, factor), n, rng)
+        bplan = None
+        if self.cfg.shuffle_buffers and self.buffer_segments:
+            bplan = draw_plan(scale_segments(self.buffer_segments, factor), n, rng)
+        return plan, bplan
+
+    def after_step(self, step: int, lr_ratio: float) -> int:
+        plan, bplan = self.plans(step)
+        if plan is None:
+            return 0
+        tensors = [self.pop.params]
+        if self.cfg.shuffle_optimizer_state:
+            tensors += list(self.pop.opt_state.values())
+        values = self.exchange.permute_(tensors, plan)
+        if bplan is not None:
+            values += self.exchange.permute_([self.pop.buffers], bplan)
+        return values * self.elem_size
+
+    def derived(self) -> dict[str, float]:
+        n = self.cfg.n_members
+        frac = expected_fraction(self.segments)
+        return {
+            "wash/expected_fraction_selected": frac,
+            "wash/expected_fraction_changed": frac * (1 - 1 / n),
+            "wash/p_first_layer": self.segments[0].p if self.segments else 0.0,
+            "wash/p_last_layer": self.segments[-1].p if self.segments else 0.0,
+        }
+
+
+def _pull(pop: Population, exchange: Exchange, weight: float) -> None:
+    """w_i <- (1 - weight) w_i + weight * mean, for parameters and float buffers."""
+    for t in (pop.params, pop.buffers):
+        if t.numel():
+            t.lerp_(exchange.mean(t).unsqueeze(0), weight)
+
+
+class Papa(Method):
+    """PAPA's EMA variant: every k steps w_i <- a w_i + (1-a) mean, (1-a) scaled by lr_t/lr_0."""
+
+    name = "papa"
+
+    def after_step(self, step: int, lr_ratio: float) -> int:
+        if (step + 1) % self.cfg.papa_every:
+            return 0
+        rate = self.cfg.papa_rate * (lr_ratio if self.cfg.papa_scale_with_lr else 1.0)
+        _pull(self.pop, self.exchange, rate)
+        return self.state_allreduce_bytes()
+
+    def state_allreduce_bytes(self) -> int:
+        d = self.pop.spec.n_params + self.pop.spec.n_buffers
+        return allreduce_values(self.cfg.n_members, d) * self.elem_size
+
+
+class PapaAll(Papa):
+    """Every K epochs every member is replaced by the uniform average."""
+
+    name = "papa_all"
+
+    def after_step(self, step: int, lr_ratio: float) -> int:
+        return 0
+
+    def after_epoch(self, epoch: int) -> int:
+        if (epoch + 1) % self.cfg.papa_all_every:
+            return 0
+        _pull(self.pop, self.exchange, 1.0)
+        return self.state_allreduce_bytes()
+
+
+METHODS: dict[str, type[Method]] = {
+    "independent": Method,
+    "wash": Wash,
+    "papa": Papa,
+    "papa_all": PapaAll,
+}
+
+
+def make_method(
+    cfg: TrainConfig, pop: Population, exchange: Exchange | None, total_steps: int
+) -> Method:
+    return METHODS[cfg.method](cfg, pop, exchange or LocalExchange(cfg.n_members), total_steps)
+
+
+def dp_sgd_bytes_per_step(n_members: int, n_params: int, elem_size: int = 4) -> int:
+    """The reference line: data-parallel SGD all-reduces the gradient every step."""
+    return allreduce_values(n_members, n_params) * elem_size
+
+
+__all__ = [
+    "METHODS",
+    "Exchange",
+    "LocalExchange",
+    "Method",
+    "Segment",
+    "allreduce_values",
+    "dp_sgd_bytes_per_step",
+    "make_method",
+]

@@ -1,0 +1,279 @@
+"""The population: N members whose parameters are rows of one flat (N, P) tensor.
+
+Each member is an ordinary nn.Module (a Python loop over members is the fastest CPU design),
+but its parameters, gradients and optimizer state are *views* into flat tensors:
+
+    params (N, P)   grads (N, P)   opt_state[name] (N, P)   buffers (N, Q) (BN running stats)
+
+so that the communication operators (shuffle, PAPA's pull, averaging) and the optimizer update
+are single tensor operations on the whole population. A process may hold only a slice of the
+members (`members=range(a, b)`, for torch.distributed); row r is then member members[r].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from . import seeding
+from .config import TrainConfig
+from .models import build_model, layer_index
+from .shuffle import Segment, layer_probabilities
+
+_ADAM_BETAS, _ADAM_EPS = (0.9, 0.999), 1e-8
+# per-member regularisation draws (PAPA): label smoothing and mixup alpha
+_SMOOTHING = (0.0, 0.05, 0.1, 0.15, 0.2)
+_MIXUP = (0.0, 0.2, 0.4)
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    name: str
+    shape: tuple[int, ...]
+    offset: int
+    size: int
+    layer: int  # depth of the owning module (0 = input side)
+
+
+@dataclasses.dataclass(frozen=True)
+class FlatSpec:
+    """Where each named tensor lives in the flat rows."""
+
+    params: tuple[Entry, ...]
+    buffers: tuple[Entry, ...]  # floating-point buffers only (BN running mean / var)
+
+    @property
+    def n_params(self) -> int:
+        return sum(e.size for e in self.params)
+
+    @property
+    def n_buffers(self) -> int:
+        return sum(e.size for e in self.buffers)
+
+    @property
+    def n_layers(self) -> int:
+        return max((e.layer for e in self.params), default=-1) + 1
+
+    def segments(self, p: float, schedule: str) -> list[Segment]:
+        probs = layer_probabilities([e.layer for e in self.params], p, schedule)
+        return [Segment(e.offset, e.size, q) for e, q in zip(self.params, probs, strict=True)]
+
+    def buffer_segments(self, p: float, schedule: str) -> list[Segment]:
+        # a buffer takes the probability of the layer that owns it
+        probs = layer_probabilities([e.layer for e in self.buffers], p, schedule, self.n_layers)
+        return [Segment(e.offset, e.size, q) for e, q in zip(self.buffers, probs, strict=True)]
+
+    def layer_slices(self) -> dict[str, tuple[int, int]]:
+        """Module name -> (start, end) of its parameters in the flat row (contiguous)."""
+        out: dict[str, tuple[int, int]] = {}
+        for e in self.params:
+            mod = e.name.rsplit(".", 1)[0] if "." in e.name else e.name
+            lo, hi = out.get(mod, (e.offset, e.offset + e.size))
+            out[mod] = (min(lo, e.offset), max(hi, e.offset + e.size))
+        return out
+
+
+def flat_spec(model: nn.Module) -> FlatSpec:
+    depth = layer_index(model)
+    params, off = [], 0
+    for name, p in model.named_parameters():
+        params.append(Entry(name, tuple(p.shape), off, p.numel(), depth[name]))
+        off += p.numel()
+    buffers, off = [], 0
+    module_layer = {n.rsplit(".", 1)[0]: d for n, d in depth.items()}
+    for name, b in model.named_buffers():
+        if b.is_floating_point():
+            layer = module_layer.get(name.rsplit(".", 1)[0], 0)
+            buffers.append(Entry(name, tuple(b.shape), off, b.numel(), layer))
+            off += b.numel()
+    return FlatSpec(tuple(params), tuple(buffers))
+
+
+def _get(model: nn.Module, dotted: str) -> tuple[nn.Module, str]:
+    mod_name, _, attr = dotted.rpartition(".")
+    return (model.get_submodule(mod_name) if mod_name else model), attr
+
+
+def bind(
+    model: nn.Module,
+    spec: FlatSpec,
+    params: torch.Tensor,
+    buffers: torch.Tensor,
+    grads: torch.Tensor | None = None,
+) -> None:
+    """Make `model`'s parameters (and grads, float buffers) views of 1-D rows, copying the
+    model's current values into them first."""
+    named = dict(model.named_parameters())
+    with torch.no_grad():
+        for e in spec.params:
+            p = named[e.name]
+            view = params[e.offset : e.offset + e.size].view(e.shape)
+            view.copy_(p.data)
+            p.data = view
+            if grads is not None:
+                p.grad = grads[e.offset : e.offset + e.size].view(e.shape)
+        for e in spec.buffers:
+            mod, attr = _get(model, e.name)
+            view = buffers[e.offset : e.offset + e.size].view(e.shape)
+            view.copy_(getattr(mod, attr))
+            setattr(mod, attr, view)
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+class Population:
+    """The members held by this process, their flat state and the training step."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        in_shape: Sequence[int],
+        n_classes: int,
+        device: torch.device | str = "cpu",
+        members: Sequence[int] | None = None,
+    ):
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.members = list(range(cfg.n_members) if members is None else members)
+        self.in_shape, self.n_classes = tuple(in_shape), n_classes
+        self.models = [self._init_model(m) for m in self.members]
+        self.spec = flat_spec(self.models[0])
+        n, d, q = len(self.members), self.spec.n_params, self.spec.n_buffers
+        kw = dict(device=self.device, dtype=torch.float32)
+        self.params = torch.zeros(n, d, **kw)
+        self.grads = torch.zeros(n, d, **kw)
+        self.buffers = torch.zeros(n, q, **kw)
+        names = (
+            ("exp_avg", "exp_avg_sq")
+            if cfg.optimizer == "adamw"
+            else (("momentum_buffer",) if cfg.momentum > 0 else ())
+        )
+        self.opt_state = {name: torch.zeros(n, d, **kw) for name in names}
+        self.opt_steps = 0  # optimizer steps taken (Adam's bias correction)
+        for r, model in enumerate(self.models):
+            bind(model, self.spec, self.params[r], self.buffers[r], self.grads[r])
+        self.has_bn = has_batchnorm(self.models[0])
+
+    # --- construction ----------------------------------------------------------------------
+    def _init_model(self, member: int) -> nn.Module:
+        init_member = 0 if self.cfg.same_init else member
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seeding.derive(self.cfg.seed, seeding.INIT, init_member))
+            model = build_model(self.cfg, self.in_shape, self.n_classes)
+        return model.to(self.device)
+
+    def new_model(self) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+        """A spare model bound to its own (P,) and (Q,) vectors (for soups and interpolation)."""
+        model = build_model(self.cfg, self.in_shape, self.n_classes).to(self.device)
+        p = torch.zeros(self.spec.n_params, device=self.device)
+        b = torch.zeros(self.spec.n_buffers, device=self.device)
+        bind(model, self.spec, p, b)
+        for prm in model.parameters():
+            prm.requires_grad_(False)
+        return model.eval(), p, b
+
+    @property
+    def n_local(self) -> int:
+        return len(self.members)
+
+    # --- training ---------------------------------------------------------------------------
+    def regularization(self, member: int) -> tuple[float, float]:
+        """(label smoothing, mixup alpha) of a member; (0, 0) unless member_regularization."""
+        if not self.cfg.member_regularization:
+            return 0.0, 0.0
+        rng = seeding.numpy_rng(self.cfg.seed, seeding.REGULARIZATION, member)
+        return float(rng.choice(_SMOOTHING)), float(rng.choice(_MIXUP))
+
+    def member_loss(self, row: int, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
+        member = self.members[row]
+        smoothing, alpha = self.regularization(member)
+        model = self.models[row]
+        if alpha > 0:
+            rng = seeding.numpy_rng(self.cfg.seed, seeding.REGULARIZATION, member, step)
+            lam = float(rng.beta(alpha, alpha))
+            perm = torch.from_numpy(rng.permutation(len(y))).to(x.device)
+            out = model(lam * x + (1 - lam) * x[perm])
+            return lam * F.cross_entropy(out, y, label_smoothing=smoothing) + (
+                1 - lam
+            ) * F.cross_entropy(out, y[perm], label_smoothing=smoothing)
+        return F.cross_entropy(model(x), y, label_smoothing=smoothing)
+
+    def train_step(
+        self, batches: Sequence[tuple[torch.Tensor, torch.Tensor]], lr: float, step: int
+    ) -> torch.Tensor:
+        """One optimizer step of every local member on its own batch; returns the (n_local,)
+        losses (detached, on the device: no synchronisation here)."""
+        self.grads.zero_()
+        losses = []
+        for row, (x, y) in enumerate(batches):
+            self.models[row].train()
+            loss = self.member_loss(row, x, y, step)
+            loss.backward()
+            losses.append(loss.detach())
+        self.optimizer_update(lr)
+        return torch.stack(losses)
+
+    @torch.no_grad()
+    def optimizer_update(self, lr: float) -> None:
+        """Every member's optimizer step at once, on the flat rows. SGD matches
+        torch.optim.SGD (dampening 0) bit for bit; AdamW matches torch.optim.AdamW."""
+        cfg, w, g = self.cfg, self.params, self.grads
+        self.opt_steps += 1
+        if cfg.optimizer == "sgd":
+            if cfg.weight_decay:
+                g = g.add(w, alpha=cfg.weight_decay)
+            if "momentum_buffer" in self.opt_state:
+                buf = self.opt_state["momentum_buffer"]
+                if self.opt_steps == 1:
+                    buf.copy_(g)  # torch's first step: buf = clone(grad)
+                else:
+                    buf.mul_(cfg.momentum).add_(g)
+                g = g.add(buf, alpha=cfg.momentum) if cfg.nesterov else buf
+            w.add_(g, alpha=-lr)
+            return
+        b1, b2 = _ADAM_BETAS
+        m, v, t = self.opt_state["exp_avg"], self.opt_state["exp_avg_sq"], self.opt_steps
+        w.mul_(1 - lr * cfg.weight_decay)
+        m.lerp_(g, 1 - b1)
+        v.mul_(b2).addcmul_(g, g, value=1 - b2)
+        denom = (v.sqrt() / math.sqrt(1 - b2**t)).add_(_ADAM_EPS)
+        w.addcdiv_(m, denom, value=-lr / (1 - b1**t))
+
+    # --- state --------------------------------------------------------------------------------
+    def int_buffers(self) -> list[dict[str, torch.Tensor]]:
+        return [
+            {n: b for n, b in m.named_buffers() if not b.is_floating_point()} for m in self.models
+        ]
+
+    def state_dict(self) -> dict:
+        return {
+            "members": self.members,
+            "params": self.params.cpu().clone(),
+            "buffers": self.buffers.cpu().clone(),
+            "opt_state": {k: v.cpu().clone() for k, v in self.opt_state.items()},
+            "opt_steps": self.opt_steps,
+            "int_buffers": [{k: v.cpu().clone() for k, v in d.items()} for d in self.int_buffers()],
+        }
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        if list(state["members"]) != self.members:
+            raise ValueError(
+                f"checkpoint holds members {state['members']}, this process {self.members}"
+            )
+        self.params.copy_(state["params"])
+        self.buffers.copy_(state["buffers"])
+        for k, v in state["opt_state"].items():
+            self.opt_state[k].copy_(v)
+        self.opt_steps = int(state["opt_steps"])
+        for model, ints in zip(self.models, state["int_buffers"], strict=True):
+            for name, value in ints.items():
+                mod, attr = _get(model, name)
+                getattr(mod, attr).copy_(value)

@@ -1,0 +1,179 @@
+"""The run directory: everything a run leaves on disk, written before any tracker sees it.
+
+    RUN/config.json       the resolved TrainConfig + derived quantities
+    RUN/metrics.jsonl     one JSON record per evaluation: {"step", "epoch", "metrics", "curves"}
+    RUN/summary.json      final metrics + provenance (git commit, versions, seeds, device)
+    RUN/checkpoint.pt     the whole population (members, optimizer state, step), atomic
+    RUN/averaged.pt       the final uniform soup (state_dict of one model)
+
+Figures and aggregation read these files only, never a tracking server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+_VERSIONED = (
+    "torch",
+    "torchvision",
+    "numpy",
+    "wandb",
+    "mlflow",
+    "optuna",
+    "dvc",
+    "mnist1d",
+    "wash-sweeps",
+)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    _atomic_write(
+        Path(path), (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()
+    )
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def git_state(cwd: str | Path | None = None) -> dict[str, Any]:
+    """Commit and dirty flag of the source tree this package runs from (None outside git)."""
+    cwd = Path(cwd or Path(__file__).resolve().parent)
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=cwd,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+        )
+        return {"git_commit": commit, "git_dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": None, "git_dirty": None}
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[name] = metadata.version(name)
+    return out
+
+
+def device_info(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    cpu = platform.processor() or platform.machine()
+    return f"cpu:{cpu} x{os.cpu_count()} threads={torch.get_num_threads()}"
+
+
+def provenance(device: torch.device, seeds: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **git_state(),
+        "versions": versions(),
+        "device": device_info(device),
+        "host": socket.gethostname(),
+        "seeds": seeds,
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    config_path = property(lambda self: self.path / "config.json")
+    metrics_path = property(lambda self: self.path / "metrics.jsonl")
+    summary_path = property(lambda self: self.path / "summary.json")
+    checkpoint_path = property(lambda self: self.path / "checkpoint.pt")
+    averaged_path = property(lambda self: self.path / "averaged.pt")
+
+    def write_config(self, config: dict[str, Any], derived: dict[str, Any]) -> None:
+        write_json(self.config_path, {"config": config, "derived": derived})
+
+    def read_config(self) -> dict[str, Any]:
+        return read_json(self.config_path)["config"]
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        return list(iter_jsonl(self.metrics_path))
+
+    def truncate_metrics(self, last_step: int) -> None:
+        """Keep only records up to `last_step` (a resume continues from a checkpoint)."""
+        keep = [r for r in self.read_metrics() if r["step"] <= last_step]
+        _atomic_write(
+            self.metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep).encode()
+        )
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        write_json(self.summary_path, summary)
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        path = self.checkpoint_path
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".checkpoint.")
+        os.close(fd)
+        try:
+            torch.save(state, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        if not self.checkpoint_path.exists():
+            return None
+        return torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+
+
+def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
+    path = Path(path)
+    if not path.exists():
+        return
+    with path.open() as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                yield json.loads(line)

@@ -1,0 +1,435 @@
+"""`train_and_evaluate(cfg, workdir, tracker)`: one run, from a config to a results directory.
+
+It is at once the single-run entry (`wash-sweeps train`), the Optuna objective, the W&B sweep
+program and the DVC stage. `on_epoch(epoch, metrics)` lets a sweep report and prune (it may
+raise; the run's files are complete up to that epoch). A run directory holding a checkpoint is
+continued exactly where it stopped with `resume=True`.
+
+    from wash_sweeps import TrainConfig, train_and_evaluate
+    summary = train_and_evaluate(TrainConfig.from_preset("mnist1d-fast", method="wash"))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from . import seeding
+from .averaging import greedy_soup, load_into, reestimate_bn, uniform_soup
+from .config import TrainConfig
+from .data import Data, augment_batch, batch, epoch_order, load_data, steps_per_epoch
+from .methods import Exchange, Method, dp_sgd_bytes_per_step, make_method
+from .metrics import (
+    accuracy,
+    barrier,
+    barrier_pairs,
+    consensus_distance,
+    logits_of,
+    loss,
+    loss_curve,
+    mean_pairwise_distance,
+    population_predictions,
+)
+from .population import Population
+from .results import RunDir, provenance
+from .tracking import Tracker, make_tracker
+
+OnEpoch = Callable[[int, dict[str, float]], None]
+
+
+class DivergedError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name!r}: CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def lr_at(cfg: TrainConfig, step: int, total: int, per_epoch: int) -> float:
+    """Learning rate after `step` optimizer steps (schedule per iteration)."""
+    warm = cfg.warmup_epochs * per_epoch
+    if warm and step < warm:
+        return cfg.lr * (step + 1) / warm
+    t = (step - warm) / max(total - warm, 1)
+    if cfg.lr_schedule == "cosine":
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
+    if cfg.lr_schedule == "step":
+        return cfg.lr * (0.1 ** ((t >= 0.5) + (t >= 0.75)))
+    return cfg.lr
+
+
+@dataclasses.dataclass
+class State:
+    """What changes during a run besides the population (all of it checkpointed)."""
+
+    step: int = 0
+    epoch: int = 0  # epochs completed
+    bytes_total: int = 0
+    bytes_last_epoch: int = 0
+    train_time_s: float = 0.0
+    samples: int = 0
+    evals: int = 0
+
+
+@dataclasses.dataclass
+class Run:
+    cfg: TrainConfig
+    data: Data
+    pop: Population
+    method: Method
+    exchange: Exchange | None
+    run_dir: RunDir | None  # None on processes that do not write results
+    tracker: Tracker
+    device: torch.device
+    per_epoch: int
+    total_steps: int
+    state: State
+
+
+# --- set-up -----------------------------------------------------------------------------------
+
+
+def setup(
+    cfg: TrainConfig,
+    workdir: str | Path | None,
+    tracker: Tracker | None,
+    exchange: Exchange | None = None,
+    members: list[int] | None = None,
+    writer: bool = True,
+) -> Run:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    data = load_data(cfg, device)
+    pop = Population(cfg, data.in_shape, data.n_classes, device, members)
+    per_epoch = steps_per_epoch(data.n_train, cfg.batch_size)
+    total = per_epoch * cfg.epochs
+    method = make_method(cfg, pop, exchange, total)
+    run_dir = (
+        RunDir(workdir or Path(cfg.out_dir) / (cfg.run_name or cfg.default_run_name))
+        if writer
+        else None
+    )
+    if tracker is None:
+        tracker = make_tracker(cfg, run_dir.path) if run_dir else Tracker()
+    return Run(
+        cfg, data, pop, method, exchange, run_dir, tracker, device, per_epoch, total, State()
+    )
+
+
+def derived(run: Run) -> dict[str, Any]:
+    """Quantities computed from the config, logged beside it (never configured by hand)."""
+    spec = run.pop.spec
+    return {
+        "n_params": spec.n_params,
+        "n_buffers": spec.n_buffers,
+        "n_layers": spec.n_layers,
+        "n_train": run.data.n_train,
+        "n_held_out": int(run.data.y_held.numel()),
+        "n_test": int(run.data.y_test.numel()),
+        "steps_per_epoch": run.per_epoch,
+        "total_steps": run.total_steps,
+        "dp_sgd_bytes_per_step": dp_sgd_bytes_per_step(run.cfg.n_members, spec.n_params),
+        **run.method.derived(),
+    }
+
+
+def checkpoint_state(run: Run) -> dict[str, Any]:
+    return {
+        "config": run.cfg.to_dict(),
+        "population": run.pop.state_dict(),
+        "state": dataclasses.asdict(run.state),
+    }
+
+
+def restore(run: Run, ckpt: dict[str, Any]) -> None:
+    saved = TrainConfig.from_dict(ckpt["config"])
+    if saved != run.cfg:
+        diff = [k for k in saved.to_dict() if getattr(saved, k) != getattr(run.cfg, k)]
+        raise ValueError(f"checkpoint config differs from this run's in fields: {', '.join(diff)}")
+    run.pop.load_state_dict(ckpt["population"])
+    run.state = State(**ckpt["state"])
+
+
+# --- training -----------------------------------------------------------------------------------
+
+
+def member_batches(run: Run, orders: list[torch.Tensor], step_in_epoch: int, step: int):
+    out = []
+    for row, member in enumerate(run.pop.members):
+        x, y = batch(run.data, orders[row], step_in_epoch, run.cfg.batch_size)
+        if run.cfg.augment and x.dim() == 4:
+            x = augment_batch(
+                x, seeding.torch_generator(run.cfg.seed, seeding.AUGMENT, member, step)
+            )
+        out.append((x, y))
+    return out
+
+
+def train_epoch(run: Run, bar: tqdm | None) -> float:
+    """One epoch for every member, the method communicating after each step. Returns the mean
+    training loss over members and steps."""
+    cfg, st = run.cfg, run.state
+    orders = [epoch_order(cfg, run.data.n_train, m, st.epoch, run.device) for m in run.pop.members]
+    loss_sum = torch.zeros((), device=run.device)
+    start = time.perf_counter()
+    for i in range(run.per_epoch):
+        lr = lr_at(cfg, st.step, run.total_steps, run.per_epoch)
+        losses = run.pop.train_step(member_batches(run, orders, i, st.step), lr, st.step)
+        loss_sum += losses.sum()
+        st.bytes_total += run.method.after_step(st.step, lr / cfg.lr)
+        st.step += 1
+        if bar is not None:
+            bar.update(1)
+    st.bytes_total += run.method.after_epoch(st.epoch)
+    st.epoch += 1
+    st.train_time_s += time.perf_counter() - start
+    st.samples += run.per_epoch * cfg.batch_size * run.pop.n_local
+    mean_loss = float(loss_sum) / (run.per_epoch * run.pop.n_local)
+    if not math.isfinite(mean_loss):
+        raise DivergedError(
+            f"training loss is {mean_loss} at epoch {st.epoch} "
+            f"(method={cfg.method}, lr={cfg.lr}, p={cfg.p})"
+        )
+    return mean_loss
+
+
+# --- evaluation ---------------------------------------------------------------------------------
+
+
+def _soup_metrics(run: Run, params: torch.Tensor, buffers: torch.Tensor, spare) -> dict[str, float]:
+    cfg, data = run.cfg, run.data
+    soup = uniform_soup(params, buffers)
+    logits = logits_of(load_into(soup, spare), data.x_test, cfg.eval_batch_size)
+    out = {"val/acc_avg": accuracy(logits, data.y_test), "val/loss_avg": loss(logits, data.y_test)}
+    if run.pop.has_bn:
+        xs = [
+            data.x_train[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            for i in range(min(cfg.bn_reestimate_batches, run.per_epoch))
+        ]
+        model = reestimate_bn(load_into(soup, spare), xs)
+        out["val/acc_avg_bn"] = accuracy(
+            logits_of(model, data.x_test, cfg.eval_batch_size), data.y_test
+        )
+    return out
+
+
+def _barriers(
+    run: Run, params: torch.Tensor, buffers: torch.Tensor, spare
+) -> tuple[dict[str, float], dict[str, list[float]]]:
+    cfg, data = run.cfg, run.data
+    n = cfg.barrier_samples or len(data.y_test)
+    x, y = data.x_test[:n], data.y_test[:n]
+    curves: dict[str, list[float]] = {}
+    avg = uniform_soup(params, buffers)
+    for i, j in barrier_pairs(params.shape[0], cfg.barrier_pairs):
+        curves[f"pair/{i}-{j}"] = loss_curve(
+            spare,
+            (params[i], buffers[i]),
+            (params[j], buffers[j]),
+            x,
+            y,
+            cfg.barrier_points,
+            cfg.eval_batch_size,
+        )
+    for i in range(params.shape[0]):
+        curves[f"avg/{i}"] = loss_curve(
+            spare, (params[i], buffers[i]), avg, x, y, cfg.barrier_points, cfg.eval_batch_size
+        )
+    pair = [barrier(c) for k, c in curves.items() if k.startswith("pair/")]
+    to_avg = [barrier(c) for k, c in curves.items() if k.startswith("avg/")]
+    metrics = {
+        "barrier/mean": sum(pair) / len(pair) if pair else 0.0,
+        "barrier/max": max(pair, default=0.0),
+        "barrier/member_avg_mean": sum(to_avg) / len(to_avg),
+    }
+    return metrics, curves
+
+
+def evaluate(run: Run, train_loss: float, final: bool = False) -> dict[str, Any] | None:
+    """Every metric of method.md at the current step. Returns the record (None on processes
+    that do not hold the gathered population)."""
+    cfg, st, pop, data = run.cfg, run.state, run.pop, run.data
+    ex = run.exchange
+    local_logits = torch.stack([logits_of(m, data.x_test, cfg.eval_batch_size) for m in pop.models])
+    logits = ex.gather(local_logits) if ex else local_logits
+    params = ex.gather(pop.params) if ex else pop.params
+    buffers = ex.gather(pop.buffers) if ex else pop.buffers
+    if logits is None:  # not the logging process
+        return None
+    spare = pop.new_model()
+    m: dict[str, float] = {
+        "train/loss": train_loss,
+        "train/epoch": st.epoch,
+        "train/step": st.step,
+        "train/lr": lr_at(cfg, max(st.step - 1, 0), run.total_steps, run.per_epoch),
+    }
+    m.update(population_predictions(logits, data.y_test))
+    m.update(_soup_metrics(run, params, buffers, spare))
+    m["val/gap_ens_avg"] = m["val/acc_ens"] - m["val/acc_avg"]
+    m.update(consensus_distance(params, pop.spec.layer_slices()))
+    m["div/pairwise_l2"] = mean_pairwise_distance(params)
+    curves: dict[str, list[float]] = {}
+    if final or (cfg.barrier_every and st.evals % cfg.barrier_every == 0):
+        bm, curves = _barriers(run, params, buffers, spare)
+        m.update(bm)
+    if final:
+        m.update(_greedy(run, params, buffers, spare))
+    n_total = cfg.n_members
+    m.update(
+        {
+            "comm/bytes_total": st.bytes_total,
+            "comm/bytes_per_member": st.bytes_total / n_total,
+            "comm/bytes_per_step": st.bytes_total / max(st.step, 1),
+            "comm/dp_sgd_bytes_total": dp_sgd_bytes_per_step(n_total, pop.spec.n_params) * st.step,
+            "time/train_s": st.train_time_s,
+            "time/samples_per_s": st.samples / max(st.train_time_s, 1e-9),
+        }
+    )
+    st.evals += 1
+    return {"step": st.step, "epoch": st.epoch, "final": final, "metrics": m, "curves": curves}
+
+
+def _greedy(run: Run, params: torch.Tensor, buffers: torch.Tensor, spare) -> dict[str, float]:
+    data, bs = run.data, run.cfg.eval_batch_size
+    if data.y_held.numel() == 0:
+        return {}
+
+    def held_acc(rows: list[int]) -> float:
+        model = load_into(uniform_soup(params, buffers, rows), spare)
+        return accuracy(logits_of(model, data.x_held, bs), data.y_held)
+
+    scores = [held_acc([i]) for i in range(params.shape[0])]
+    rows, held, _ = greedy_soup(scores, held_acc)
+    model = load_into(uniform_soup(params, buffers, rows), spare)
+    return {
+        "val/acc_greedy": accuracy(logits_of(model, data.x_test, bs), data.y_test),
+        "held/acc_greedy": held,
+        "held/greedy_size": len(rows),
+        "held/acc_member_best": max(scores),
+    }
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+def _record(run: Run, record: dict[str, Any] | None, on_epoch: OnEpoch | None) -> None:
+    if record is None:
+        return
+    if run.run_dir:
+        run.run_dir.append_metrics(record)
+    run.tracker.log_metrics(record["metrics"], record["step"])
+    if record["curves"]:
+        run.tracker.log_curves(record["curves"], record["step"])
+
+
+def _save(run: Run) -> None:
+    if run.run_dir:
+        run.run_dir.save_checkpoint(checkpoint_state(run))
+
+
+def _finish(run: Run, record: dict[str, Any]) -> dict[str, Any]:
+    cfg = run.cfg
+    seeds = {
+        "base": cfg.seed,
+        "init": [seeding.derive(cfg.seed, seeding.INIT, m) for m in range(cfg.n_members)],
+    }
+    summary = {
+        "config": cfg.to_dict(),
+        "derived": derived(run),
+        **record["metrics"],
+        "curves": record["curves"],
+        "provenance": provenance(run.device, seeds),
+        "run_dir": str(run.run_dir.path),
+    }
+    soup = uniform_soup(run.pop.params, run.pop.buffers)
+    model = load_into(soup, run.pop.new_model())
+    torch.save(model.state_dict(), run.run_dir.averaged_path)
+    run.run_dir.write_summary(summary)
+    run.tracker.log_summary({k: v for k, v in summary.items() if k != "curves"})
+    for path in (run.run_dir.config_path, run.run_dir.metrics_path, run.run_dir.summary_path):
+        run.tracker.log_artifact(path)
+    run.tracker.log_artifact(run.run_dir.averaged_path, name="averaged_model")
+    return summary
+
+
+def train_and_evaluate(
+    cfg: TrainConfig,
+    workdir: str | Path | None = None,
+    tracker: Tracker | None = None,
+    on_epoch: OnEpoch | None = None,
+    resume: bool = False,
+    exchange: Exchange | None = None,
+    members: list[int] | None = None,
+    writer: bool = True,
+) -> dict[str, Any]:
+    """Train the population of `cfg`, evaluate it, and return the final summary.
+
+    `exchange`/`members`/`writer` are for torch.distributed (one slice of members per process,
+    one writing process); the defaults hold the whole population here.
+    """
+    run = setup(cfg, workdir, tracker, exchange, members, writer)
+    ckpt = run.run_dir.load_checkpoint() if (resume and run.run_dir) else None
+    if ckpt is not None:
+        restore(run, ckpt)
+        run.run_dir.truncate_metrics(run.state.step)
+    if run.run_dir:
+        run.run_dir.write_config(cfg.to_dict(), derived(run))
+    run.tracker.log_params(
+        {**cfg.to_dict(), **{f"derived/{k}": v for k, v in derived(run).items()}}
+    )
+    status = "FAILED"
+    try:
+        summary = _loop(run, on_epoch)
+        status = "FINISHED"
+        return summary
+    finally:
+        run.tracker.finish(status)
+
+
+def _loop(run: Run, on_epoch: OnEpoch | None) -> dict[str, Any]:
+    cfg, st = run.cfg, run.state
+    bar = tqdm(
+        total=run.total_steps,
+        initial=st.step,
+        desc=cfg.run_name or cfg.default_run_name,
+        unit="step",
+        disable=not cfg.progress or run.run_dir is None,
+        leave=False,
+    )
+    record: dict[str, Any] | None = None
+    train_loss = float("nan")
+    with bar:
+        while st.epoch < cfg.epochs:
+            train_loss = train_epoch(run, bar)
+            last = st.epoch == cfg.epochs
+            if st.epoch % cfg.eval_every == 0 or last:
+                record = evaluate(run, train_loss, final=last)
+                _record(run, record, on_epoch)
+                if record is not None:
+                    bar.set_postfix(
+                        avg=f"{record['metrics']['val/acc_avg']:.3f}",
+                        ens=f"{record['metrics']['val/acc_ens']:.3f}",
+                    )
+            if cfg.checkpoint_every and (st.epoch % cfg.checkpoint_every == 0 or last):
+                _save(run)
+            if on_epoch is not None and record is not None and record["epoch"] == st.epoch:
+                on_epoch(st.epoch, record["metrics"])
+    if record is None or not record["final"]:
+        record = evaluate(run, train_loss, final=True)
+        _record(run, record, None)
+    if run.run_dir is None:
+        return record["metrics"] if record else {}
+    _save(run)
+    return _finish(run, record)
