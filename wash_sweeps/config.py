@@ -265,6 +265,14 @@ def coerce(name: str, value: Any) -> Any:
     return value
 
 
+def check_field(name: str, value: Any) -> Any:
+    """Coerce `value` for field `name` and check its type, choices and range (not cross-field:
+    a sweep value is checked alone, the combination when a trial builds its config)."""
+    value = coerce(name, value)
+    _check_field(TrainConfig.__dataclass_fields__[name], value, field_type(name))
+    return value
+
+
 def _check_field(f: dataclasses.Field, value: Any, hint: Any) -> None:
     typ = _base_type(hint)
     ok = isinstance(value, typ) and not (typ is not bool and isinstance(value, bool))
