@@ -17,11 +17,13 @@ from .population import has_batchnorm
 def uniform_soup(
     params: torch.Tensor, buffers: torch.Tensor, rows: Sequence[int] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean over members (rows) of parameters and float buffers (BN statistics averaged)."""
+    """Mean over members (rows) of parameters and float buffers (BN statistics averaged).
+
+    Summed in float64, so that the soup of identical members is exactly that member."""
     if rows is not None:
         idx = torch.as_tensor(list(rows), device=params.device)
         params, buffers = params[idx], buffers[idx]
-    return params.mean(0), buffers.mean(0)
+    return (params.double().mean(0).to(params.dtype), buffers.double().mean(0).to(buffers.dtype))
 
 
 @torch.no_grad()

@@ -1,0 +1,21 @@
+import os
+
+import pytest
+import torch
+
+# no telemetry, no network lookups, nothing in the home directory
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+torch.set_num_threads(1)  # tests are many small runs: threads only fight over 2 cores
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path):
+    from wash_sweeps.config import TrainConfig
+
+    def make(**kw):
+        return TrainConfig.from_preset("tiny", out_dir=str(tmp_path / "runs"), **kw)
+
+    return make

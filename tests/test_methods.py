@@ -1,0 +1,156 @@
+"""The communication methods against their formulas, and their exact byte counts."""
+
+import numpy as np
+import pytest
+import torch
+
+from wash_sweeps import seeding
+from wash_sweeps.config import TrainConfig
+from wash_sweeps.methods import allreduce_values, make_method
+from wash_sweeps.population import Population
+
+
+def _pop(**kw):
+    cfg = TrainConfig.from_preset("tiny", **kw)
+    pop = Population(cfg, (1, 40), 10)
+    return cfg, pop
+
+
+def _perturb(pop, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for t in [pop.params, pop.buffers, *pop.opt_state.values()]:
+            t.copy_(torch.randn(t.shape, generator=g))
+
+
+def test_papa_pull_matches_formula():
+    cfg, pop = _pop(method="papa", papa_every=10, papa_rate=0.05)
+    _perturb(pop)
+    method = make_method(cfg, pop, None, total_steps=100)
+    before = pop.params.clone()
+    assert method.after_step(3, lr_ratio=1.0) == 0  # not a sync step
+    assert torch.equal(pop.params, before)
+    sent = method.after_step(9, lr_ratio=0.5)  # (step + 1) % 10 == 0; rate scaled by lr ratio
+    a = 1 - 0.05 * 0.5
+    expected = a * before + (1 - a) * before.mean(0, keepdim=True)
+    torch.testing.assert_close(pop.params, expected, rtol=1e-6, atol=1e-6)
+    d = pop.spec.n_params + pop.spec.n_buffers
+    assert sent == 2 * (cfg.n_members - 1) * d * 4
+
+
+def test_papa_all_replaces_members_by_mean():
+    cfg, pop = _pop(method="papa_all", papa_all_every=2)
+    _perturb(pop)
+    method = make_method(cfg, pop, None, total_steps=100)
+    mean = pop.params.mean(0)
+    assert method.after_epoch(0) == 0
+    assert method.after_epoch(1) > 0
+    for r in range(pop.n_local):
+        assert torch.equal(pop.params[r], mean)
+
+
+def test_wash_moves_optimizer_state_and_buffers_with_the_same_coordinates():
+    cfg, pop = _pop(method="wash", p=0.2, shuffle_optimizer_state=True, model="cnn1d")
+    _perturb(pop)
+    # tag each member's state with its member id so we can see where values went
+    with torch.no_grad():
+        for r in range(pop.n_local):
+            pop.params[r].fill_(r)
+            pop.opt_state["momentum_buffer"][r].fill_(10 + r)
+    method = make_method(cfg, pop, None, total_steps=100)
+    sent = method.after_step(0, 1.0)
+    src_w = pop.params.round().long()
+    src_m = pop.opt_state["momentum_buffer"].round().long() - 10
+    assert torch.equal(src_w, src_m)  # momentum travelled exactly with its weight
+    moved = int((src_w != torch.arange(pop.n_local)[:, None]).sum())
+    assert moved > 0 and sent == 2 * moved * 4  # weights + momentum, float32
+
+
+def test_wash_shuffles_bn_buffers_when_asked():
+    cfg = TrainConfig.from_preset(
+        "tiny",
+        dataset="synthetic",
+        model="resnet20",
+        synthetic_shape="3x8x8",
+        method="wash",
+        p=0.3,
+        layer_schedule="uniform",
+        shuffle_buffers=True,
+    )
+    pop = Population(cfg, (3, 8, 8), 10)
+    with torch.no_grad():
+        for r in range(pop.n_local):
+            pop.buffers[r].fill_(r)
+    before = pop.buffers.clone()
+    method = make_method(cfg, pop, None, total_steps=10)
+    sent = method.after_step(0, 1.0)
+    moved_buffers = int((pop.buffers != before).sum())
+    assert moved_buffers > 0
+    assert torch.equal(pop.buffers.sort(0).values, before.sort(0).values)
+    assert sent >= moved_buffers * 4
+
+
+def test_wash_bytes_equal_an_independent_recount():
+    cfg, pop = _pop(method="wash", p=0.05, layer_schedule="linear")
+    method = make_method(cfg, pop, None, total_steps=50)
+    with torch.no_grad():
+        pop.params.copy_(torch.arange(pop.n_local, dtype=torch.float32)[:, None])
+    total, recount = 0, 0
+    for step in range(5):
+        # every member holds a distinct value, so a value that changes owner is a changed entry
+        with torch.no_grad():
+            pop.params.copy_(torch.arange(pop.n_local, dtype=torch.float32)[:, None])
+        total += method.after_step(step, 1.0)
+        recount += int((pop.params != torch.arange(pop.n_local)[:, None]).sum())
+    assert recount > 0 and total == recount * 4
+
+
+def test_wash_plans_are_derived_from_seed_and_step():
+    cfg, pop = _pop(method="wash", p=0.05)
+    m = make_method(cfg, pop, None, total_steps=50)
+    a, _ = m.plans(7)
+    b, _ = m.plans(7)
+    assert torch.equal(a.index, b.index) and torch.equal(a.perm, b.perm)
+    c, _ = m.plans(8)
+    assert not torch.equal(a.index, c.index)
+    rng = seeding.numpy_rng(cfg.seed, seeding.SHUFFLE, 7)
+    assert rng.random() == seeding.numpy_rng(cfg.seed, seeding.SHUFFLE, 7).random()
+
+
+def test_wash_stops_at_shuffle_until_and_honours_shuffle_every():
+    cfg, pop = _pop(method="wash", p=0.5, shuffle_every=2, shuffle_until=0.5)
+    m = make_method(cfg, pop, None, total_steps=10)
+    assert m.plans(0)[0] is None  # (0 + 1) % 2 != 0
+    assert m.plans(1)[0] is not None
+    assert m.plans(5)[0] is None  # 5 >= 0.5 * 10
+    assert m.after_step(7, 1.0) == 0
+
+
+@pytest.mark.parametrize(
+    "sched,t,expected", [("constant", 0.5, 1.0), ("linear", 0.25, 0.75), ("cosine", 0.5, 0.5)]
+)
+def test_p_schedule(sched, t, expected):
+    cfg, pop = _pop(method="wash", p_schedule=sched)
+    m = make_method(cfg, pop, None, total_steps=100)
+    assert m.p_factor(int(t * 100)) == pytest.approx(expected)
+
+
+def test_independent_sends_nothing():
+    cfg, pop = _pop(method="independent")
+    m = make_method(cfg, pop, None, total_steps=10)
+    before = pop.params.clone()
+    assert m.after_step(0, 1.0) == 0 and m.after_epoch(0) == 0
+    assert torch.equal(pop.params, before)
+
+
+def test_allreduce_count():
+    assert allreduce_values(5, 1000) == 8000
+    assert allreduce_values(1, 1000) == 0
+
+
+def test_expected_fraction_logged():
+    cfg, pop = _pop(method="wash", p=0.01, layer_schedule="uniform")
+    d = make_method(cfg, pop, None, 10).derived()
+    assert d["wash/expected_fraction_selected"] == pytest.approx(0.01)
+    assert d["wash/expected_fraction_changed"] == pytest.approx(0.01 * (1 - 1 / 3))
+    assert np.isclose(d["wash/p_first_layer"], 0.01)
