@@ -77,18 +77,38 @@ def _digits(seed: int) -> tuple[np.ndarray, ...]:
 
 
 def _cifar(name: str, root: str, download: bool) -> tuple[np.ndarray, ...]:
+    """CIFAR-10/100 from torchvision's on-disk format (the python pickle batches under
+    `root/cifar-10-batches-py` or `root/cifar-100-python`); torchvision downloads them when asked.
+    Read directly so that any file in that format loads (torchvision would also check MD5s)."""
+    import pickle
+
     from torchvision import datasets
 
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
-    try:
-        train = cls(root, train=True, download=download)
-        test = cls(root, train=False, download=download)
-    except RuntimeError as e:
-        raise ConfigError(
-            f"data_root={root!r}: {name} not found there ({e}); "
-            "put torchvision's extracted files there or set download=true"
-        ) from None
-    return train.data, np.asarray(train.targets), test.data, np.asarray(test.targets)
+    folder = Path(root) / cls.base_folder
+    if download and not folder.exists():
+        cls(root, train=True, download=True)
+        cls(root, train=False, download=True)
+    label_key = b"labels" if name == "cifar10" else b"fine_labels"
+
+    def read(files: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
+        xs, ys = [], []
+        for fname, _md5 in files:
+            path = folder / fname
+            if not path.exists():
+                raise ConfigError(
+                    f"data_root={root!r}: {name} file {path} is missing; put "
+                    "torchvision's extracted CIFAR files there or set download=true"
+                )
+            with path.open("rb") as f:
+                entry = pickle.load(f, encoding="bytes")
+            xs.append(np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(entry[label_key], dtype=np.int64))
+        return np.concatenate(xs).transpose(0, 2, 3, 1), np.concatenate(ys)  # NHWC like torchvision
+
+    x, y = read(cls.train_list)
+    xt, yt = read(cls.test_list)
+    return x, y, xt, yt
 
 
 def _synthetic(cfg: TrainConfig) -> tuple[np.ndarray, ...]:
@@ -121,7 +141,6 @@ def load_data(cfg: TrainConfig, device: torch.device | str = "cpu") -> Data:
     elif cfg.dataset == "digits":
         x, y, xt, yt = _digits(cfg.seed)
     elif cfg.dataset in _CIFAR_STATS:
-        Path(cfg.data_root).mkdir(parents=True, exist_ok=True) if cfg.download else None
         x, y, xt, yt = _cifar(cfg.dataset, cfg.data_root, cfg.download)
     else:
         x, y, xt, yt = _synthetic(cfg)
