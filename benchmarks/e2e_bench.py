@@ -1,0 +1,106 @@
+"""Section `e2e`: whole runs through `train_and_evaluate`, and the wall time of the default demo.
+
+- samples/s of a full short run (training samples over training time, as the run reports it,
+  and over the whole wall time including data generation, evaluation and checkpoints);
+- the default demo (`wash-sweeps demo`: independent, papa, wash on mnist1d-fast, 40 epochs).
+  In --full mode it is run once and timed. Otherwise each method is run for e1 and e2 epochs and
+  the demo's time is extrapolated linearly, t(40) = t(e1) + (40 - e1) (t(e2) - t(e1)) / (e2 - e1):
+  every epoch costs the same (train + evaluate + checkpoint), the rest is a fixed set-up cost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+from wash_sweeps.config import TrainConfig
+from wash_sweeps.train import train_and_evaluate
+
+DEMO_METHODS = ("independent", "papa", "wash")
+
+
+def timed_run(cfg: TrainConfig, workdir: Path) -> tuple[float, dict[str, Any]]:
+    start = time.perf_counter()
+    summary = train_and_evaluate(cfg, workdir)
+    return time.perf_counter() - start, summary
+
+
+# --tiny: the tiny preset on synthetic data of MNIST-1D's shape (no dataset generation)
+_TINY = {"dataset": "synthetic", "synthetic_shape": "1x40"}
+
+
+def bench_run(preset: str, epochs: int, workdir: Path, **overrides: Any) -> dict[str, Any]:
+    cfg = TrainConfig.from_preset(
+        preset, epochs=epochs, progress=False, out_dir=str(workdir), **overrides
+    )
+    wall, s = timed_run(cfg, workdir / f"run-{preset}")
+    samples = s["derived"]["steps_per_epoch"] * cfg.epochs * cfg.batch_size * cfg.n_members
+    return {
+        "preset": preset,
+        "method": cfg.method,
+        "n_members": cfg.n_members,
+        "epochs": epochs,
+        "wall_s": wall,
+        "train_s": s["time/train_s"],
+        "train_samples_per_s": s["time/samples_per_s"],
+        "wall_samples_per_s": samples / wall,
+    }
+
+
+def demo_extrapolated(
+    preset: str, e1: int, e2: int, target: int, workdir: Path, **overrides: Any
+) -> dict[str, Any]:
+    per_method = {}
+    for method in DEMO_METHODS:
+        t = {}
+        for e in (e1, e2):
+            cfg = TrainConfig.from_preset(
+                preset, method=method, epochs=e, progress=False, out_dir=str(workdir), **overrides
+            )
+            t[e], _ = timed_run(cfg, workdir / f"demo-{method}-{e}")
+        per_epoch = (t[e2] - t[e1]) / (e2 - e1)
+        per_method[method] = {
+            "epoch_s": per_epoch,
+            "fixed_s": t[e1] - e1 * per_epoch,
+            "estimate_s": t[e1] + (target - e1) * per_epoch,
+        }
+    return {
+        "how": f"extrapolated from {e1} and {e2} epochs of {preset} to {target}",
+        "preset": preset,
+        "epochs": target,
+        "per_method": per_method,
+        "wall_s": sum(m["estimate_s"] for m in per_method.values()),
+    }
+
+
+def demo_measured(workdir: Path) -> dict[str, Any]:
+    from wash_sweeps.cli import main
+
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):  # its table is not the benchmark's
+        rc = main(["demo", "--out-dir", str(workdir / "demo")])
+    if rc:
+        raise RuntimeError(f"wash-sweeps demo exited with {rc}")
+    return {
+        "how": "measured once: wash-sweeps demo",
+        "preset": "mnist1d-fast",
+        "epochs": TrainConfig.from_preset("mnist1d-fast").epochs,
+        "wall_s": time.perf_counter() - start,
+    }
+
+
+def bench_e2e(tiny: bool, full: bool, workdir: Path) -> dict[str, Any]:
+    if tiny:
+        return {
+            "run": bench_run("tiny", 2, workdir, **_TINY),
+            "demo": demo_extrapolated("tiny", 1, 2, 40, workdir, **_TINY),
+        }
+    return {
+        "run": bench_run("mnist1d-fast", 3, workdir),
+        "demo": demo_measured(workdir)
+        if full
+        else demo_extrapolated("mnist1d-fast", 1, 3, 40, workdir),
+    }

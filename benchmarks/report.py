@@ -1,0 +1,118 @@
+"""The benchmark's targets (PASS/MISS) and its text table, computed from the result dict alone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+SMALL_MODELS = ("cnn1d", "cnn_digits")
+
+
+def _check(name: str, value: float, limit: float, higher_is_better: bool = False) -> dict:
+    ok = value >= limit if higher_is_better else value <= limit
+    return {"target": name, "value": value, "limit": limit, "pass": bool(ok)}
+
+
+def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every target of issue 7 that the measured sections allow to judge."""
+    out = []
+    for c in res.get("step", []):
+        n = c["scaling_n"]
+        out.append(_check(f"{c['model']}: per-member step N={n} / N=1", c["scaling"], 1.05))
+        if c["model"] in SMALL_MODELS:
+            worst = min(r["speedup"] for r in c["rows"])
+            out.append(_check(f"{c['model']}: speedup over naive loop (worst N)", worst, 1.0, True))
+    for c in res.get("comm", []):
+        m = c["model"]
+        small = max(w["pct_of_step"] for w in c["wash"] if w["p"] <= 1e-2)
+        big = max(w["pct_of_step"] for w in c["wash"] if w["p"] > 1e-2)
+        out += [
+            _check(f"{m}: shuffle p<=1e-2, % of step", small, 1.0),
+            _check(f"{m}: shuffle p=0.1, % of step", big, 2.0),
+            _check(f"{m}: PAPA update (amortised), % of step", c["papa_pct_of_step"], 0.5),
+            _check(f"{m}: data loading, % of step", c["data_pct_of_step"], 1.0),
+        ]
+    return out
+
+
+def _step_table(cases: list[dict]) -> list[str]:
+    lines = [
+        "## step: ms per member per step (project vs naive loop with DataLoaders)",
+        f"{'model':<11} {'N':>3} {'project':>9} {'naive':>9} {'speedup':>8}",
+    ]
+    for c in cases:
+        for r in c["rows"]:
+            lines.append(
+                f"{c['model']:<11} {r['n']:>3} {r['project_ms_per_member']:9.3f} "
+                f"{r['naive_ms_per_member']:9.3f} {r['speedup']:7.2f}x"
+            )
+        lines.append(
+            f"{'':<11} per-member cost N={c['scaling_n']} / N=1: project {c['scaling']:.3f}, "
+            f"naive {c['naive_scaling']:.3f}"
+        )
+    return lines
+
+
+def _comm_table(cases: list[dict]) -> list[str]:
+    ps = [w["p"] for w in cases[0]["wash"]] if cases else []
+    head = " ".join(f"{'p=' + format(p, 'g'):>9}" for p in ps)
+    lines = [
+        "## comm: % of one population step (uniform schedule, momentum shuffled along)",
+        f"{'model':<11} {'N':>2} {'params':>9} {'step ms':>9} {head} {'PAPA':>7} "
+        f"{'PAPA/sync':>9} {'data':>7}",
+    ]
+    for c in cases:
+        cells = " ".join(f"{w['pct_of_step']:8.3f}%" for w in c["wash"])
+        lines.append(
+            f"{c['model']:<11} {c['n_members']:>2} {c['n_params']:>9} {c['step_ms']:9.2f} {cells} "
+            f"{c['papa_pct_of_step']:6.3f}% {c['papa_sync_pct_of_step']:8.3f}% "
+            f"{c['data_pct_of_step']:6.3f}%"
+        )
+    return lines
+
+
+def _e2e_table(e: dict) -> list[str]:
+    r, d = e["run"], e["demo"]
+    return [
+        "## e2e",
+        f"run {r['preset']} ({r['method']}, N={r['n_members']}, {r['epochs']} epochs): "
+        f"{r['wall_s']:.1f} s wall, {r['train_samples_per_s']:.0f} samples/s in training, "
+        f"{r['wall_samples_per_s']:.0f} samples/s over the wall time",
+        f"demo ({d['how']}): {d['wall_s']:.1f} s",
+    ]
+
+
+def _dist_table(d: dict) -> list[str]:
+    lines = ["## distributed exchange (gloo)"]
+    if d.get("status") != "measured":
+        return [*lines, f"left: {d.get('reason', '')}"]
+    lines.append(
+        f"{'procs':>5} {'method':<8} {'ms/step':>9} {'MB/step':>9} {'MB/step (counted)':>18}"
+    )
+    for r in d["rows"]:
+        lines.append(
+            f"{r['procs']:>5} {r['method']:<8} {r['ms_per_step']:9.3f} "
+            f"{r['mb_per_step']:9.4f} {r.get('mb_counted_per_step', float('nan')):18.4f}"
+        )
+    return lines
+
+
+def format_table(res: dict[str, Any]) -> str:
+    lines = [f"# wash-sweeps bench ({res['meta']['mode']} mode, {res['meta']['machine']})"]
+    if "step" in res:
+        lines += _step_table(res["step"])
+    if "comm" in res:
+        lines += _comm_table(res["comm"])
+    if "e2e" in res:
+        lines += _e2e_table(res["e2e"])
+    if "distributed" in res:
+        lines += _dist_table(res["distributed"])
+    lines.append("## targets")
+    for t in res.get("targets", []):
+        verdict = "PASS" if t["pass"] else "MISS"
+        sign = (
+            ">="
+            if t["target"].startswith(tuple(SMALL_MODELS)) and "speedup" in t["target"]
+            else "<="
+        )
+        lines.append(f"{verdict}  {t['target']}: {t['value']:.3f} ({sign} {t['limit']:g})")
+    return "\n".join(lines)
