@@ -36,6 +36,9 @@ import yaml
 
 from .config import PRESETS, ConfigError, TrainConfig, check_field, field_names, field_type
 
+# `sweeps` 0.3 declares a pydantic-v1 config key; pydantic 2 warns about it at every import
+warnings.filterwarnings("ignore", message="Valid config keys have changed in V2")
+
 # keys of ours at the top level of a sweep file (not W&B's)
 EXTENSIONS = ("preset", "conditions", "objectives")
 # W&B top-level keys we accept (command/program are ignored: the program is always ours)
@@ -441,10 +444,7 @@ def _schema_check(raw: dict) -> None:
     from sweeps import schema_violations_from_proposed_config
 
     wb = {k: v for k, v in raw.items() if k not in EXTENSIONS}
-    with warnings.catch_warnings():
-        # `sweeps` 0.3 declares a pydantic-v1 config key; pydantic 2 warns about it once
-        warnings.simplefilter("ignore")
-        violations = schema_violations_from_proposed_config(wb)
+    violations = schema_violations_from_proposed_config(wb)
     if violations:
         # the last message names the parameter; the first is the schema's generic complaint
         raise ConfigError(f"W&B sweep schema: {violations[-1]}")

@@ -1,0 +1,675 @@
+"""Optuna studies from a sweep file: `wash-sweeps study` and `wash-sweeps study-report`.
+
+    wash-sweeps study sweeps/wash_p.yaml --n-trials 30 --workers 2      # runs/studies/wash-p/
+    wash-sweeps study sweeps/wash_p.yaml --n-trials 30                  # same command: continues
+    wash-sweeps study sweeps/acc_vs_bytes.yaml --n-trials 40 --track mlflow,wandb
+    wash-sweeps study sweeps/wash_p.yaml --n-trials 100 \\
+        --storage postgresql+psycopg2://USER@HOST:5432/DB             # one per machine, shared DB
+    wash-sweeps study-report --out runs/studies/wash-p                  # PNG figures
+    optuna-dashboard --host 127.0.0.1 runs/studies/wash-p/optuna-journal.log
+
+Storage: by default Optuna's journal file `<out>/optuna-journal.log` (safe for several local
+processes); `--storage` takes an SQLite or PostgreSQL URL, or another journal file path. The
+study is created once before any worker starts (workers racing on a fresh schema crash).
+
+Each trial is `train_and_evaluate` in `<out>/trials/trial-<number>`; it reports the sweep's
+metric every epoch and may be pruned (single objective); several objectives use NSGA-II with no
+pruning. The cap `--n-trials K` counts trials that ended (complete, pruned, failed), across all
+workers: a file lock around "count, then create the next trial" keeps the workers of one machine
+from over-running it. A worker killed mid-trial stops beating its heartbeat; after the grace
+period another worker (or the next `study` command) marks that trial failed and enqueues a retry
+with the same parameters, which resumes from the killed trial's checkpoint. Optuna 5 has
+heartbeats only on RDB storages (SQLite, PostgreSQL); on the journal file this module keeps the
+heartbeat in a trial system attribute and fails stale trials itself, the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, parse_overrides
+from .results import write_json
+from .sweep_spec import SweepSpec, load_spec
+
+JOURNAL_NAME = "optuna-journal.log"
+HEARTBEAT_ATTR = "wash:heartbeat"  # journal storage: time.time() of the trial's last beat
+FAIL_REASON = "fail_reason"
+
+
+# --- CLI ----------------------------------------------------------------------------------------
+
+
+def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
+    if command == "study-report":
+        p.add_argument("--out", default=None, help="the study's output dir (figures go here)")
+        p.add_argument(
+            "--storage", default=None, help=f"URL or journal file (default OUT/{JOURNAL_NAME})"
+        )
+        p.add_argument("--study-name", default=None, help="default: the only study in storage")
+        return
+    p.add_argument("sweep_file", help="a sweep file (see sweeps/)")
+    p.add_argument("--n-trials", type=int, default=None, help="trials in total (all workers)")
+    p.add_argument(
+        "--storage", default=None, help=f"URL or journal file (default OUT/{JOURNAL_NAME})"
+    )
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    p.add_argument("--study-name", default=None, help="default: the sweep file's name")
+    p.add_argument("--out", default=None, help="output dir (default runs/studies/STUDY_NAME)")
+    p.add_argument(
+        "--pruner",
+        choices=("auto", "median", "hyperband", "none"),
+        default="auto",
+        help="auto: hyperband if the file has early_terminate, else median",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="fix a config field for every trial (repeatable)",
+    )
+    p.add_argument("--track", default=None, help="trackers for each trial: wandb,mlflow")
+    p.add_argument("--seed", type=int, default=0, help="sampler seed")
+    p.add_argument("--heartbeat", type=int, default=10, help="seconds between trial heartbeats")
+    p.add_argument(
+        "--grace",
+        type=int,
+        default=60,
+        help="seconds without a heartbeat after which a running trial is failed",
+    )
+    p.add_argument("--max-retry", type=int, default=2, help="retries of a killed trial")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--mlflow-parent", default=None, help=argparse.SUPPRESS)
+
+
+def run(command: str, args: argparse.Namespace) -> int:
+    _quiet_optuna()
+    if command == "study-report":
+        return report(args)
+    return study_command(args)
+
+
+def _quiet_optuna() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # we print one line per trial
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
+
+
+# --- storage and study --------------------------------------------------------------------------
+
+
+def open_storage(url: str, heartbeat: int = 10, grace: int = 60, max_retry: int = 2) -> Any:
+    """An RDB storage (URL with '://') with heartbeats and retries, else a journal file."""
+    import optuna
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    if "://" in url:
+        # several local processes on one SQLite file wait for the lock instead of failing
+        kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=kwargs,
+            heartbeat_interval=heartbeat,
+            grace_period=grace,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                max_retry, inherit_intermediate_values=True
+            ),
+        )
+    from optuna.storages.journal import JournalFileBackend
+
+    path = Path(url)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
+def make_sampler(spec: SweepSpec, seed: int) -> Any:
+    import optuna
+
+    if spec.multi_objective:
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if spec.method == "bayes":
+        return optuna.samplers.TPESampler(seed=seed)
+    # grid points are enqueued; random proposes the rest (and a grid never has a rest)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def make_pruner(spec: SweepSpec, name: str) -> Any:
+    import optuna
+
+    if spec.multi_objective or name == "none":
+        return optuna.pruners.NopPruner()
+    et = spec.early_terminate
+    if name == "hyperband" or (name == "auto" and et):
+        et = et or {}
+        return optuna.pruners.HyperbandPruner(
+            min_resource=int(et.get("min_iter", 1)), reduction_factor=int(et.get("eta", 3))
+        )
+    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+
+
+def load_or_create(storage: Any, name: str, spec: SweepSpec, args: argparse.Namespace) -> Any:
+    import optuna
+
+    directions = spec.directions
+    study = optuna.create_study(
+        storage=storage,
+        study_name=name,
+        directions=directions,
+        sampler=make_sampler(spec, args.seed),
+        pruner=make_pruner(spec, args.pruner),
+        load_if_exists=True,
+    )
+    if [d.name.lower() for d in study.directions] != directions:
+        raise ConfigError(
+            f"study {name!r} exists with directions {[d.name.lower() for d in study.directions]}, "
+            f"but {spec.path} asks for {directions}; use another --study-name"
+        )
+    if "sweep" not in study.user_attrs:
+        study.set_user_attr("sweep", spec.raw)
+        study.set_user_attr("objectives", [list(o) for o in spec.objectives])
+        if spec.method == "grid":  # once, by the process that created the study
+            for point in spec.grid():
+                study.enqueue_trial(point, skip_if_exists=True)
+    return study
+
+
+def target_trials(spec: SweepSpec, n_trials: int | None) -> int:
+    if spec.method == "grid":
+        n = len(spec.grid())
+        if n_trials is not None and n_trials < n:
+            return n_trials
+        return n
+    n = n_trials if n_trials is not None else spec.run_cap
+    if n is None or n < 1:
+        raise ConfigError(f"{spec.path}: --n-trials K (K >= 1) is needed for a {spec.method} sweep")
+    return n
+
+
+# --- the cap, heartbeats and stale trials -------------------------------------------------------
+
+
+def used_slots(trials: list[Any]) -> int:
+    """Trials that count against --n-trials: all but the waiting ones and the killed ones that
+    were retried (their retry counts instead)."""
+    from optuna.trial import TrialState
+
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    return sum(1 for t in trials if t.state != TrialState.WAITING and t.number not in retried)
+
+
+@contextlib.contextmanager
+def slot_lock(out: Path) -> Iterator[None]:
+    """Serialise "count the trials, then create one" among the processes of this machine."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".study.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def fail_stale(study: Any, storage: Any, grace: int, max_retry: int) -> list[int]:
+    """Fail running trials whose heartbeat is older than `grace` s, enqueue their retries.
+    RDB storages do it natively; this does the same on the journal file."""
+    import optuna
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+    from optuna.trial import TrialState
+
+    if isinstance(storage, optuna.storages.RDBStorage):
+        before = {t.number for t in study.get_trials(states=(TrialState.RUNNING,))}
+        optuna.storages.fail_stale_trials(study)
+        after = {t.number for t in study.get_trials(states=(TrialState.RUNNING,))}
+        return sorted(before - after)
+    now, failed = time.time(), []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        last = t.system_attrs.get(HEARTBEAT_ATTR) or t.datetime_start.timestamp()
+        if now - last <= grace:
+            continue
+        try:  # the journal refuses a second FAIL: only one process retries the trial
+            storage.set_trial_user_attr(t._trial_id, FAIL_REASON, "stale heartbeat (killed?)")
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        retry = RetryHeartbeatStaleTrialCallback(max_retry, inherit_intermediate_values=True)
+        retry(study, storage.get_trial(t._trial_id))
+        failed.append(t.number)
+    return failed
+
+
+class Heartbeat:
+    """Beats every `interval` s while a trial runs (a thread, so a long epoch still beats)."""
+
+    def __init__(self, storage: Any, trial_id: int, interval: int):
+        import optuna
+
+        if isinstance(storage, optuna.storages.RDBStorage):
+            self._beat = lambda: storage.record_heartbeat(trial_id)
+        else:
+            self._beat = lambda: storage.set_trial_system_attr(
+                trial_id, HEARTBEAT_ATTR, time.time()
+            )
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(Exception):  # a missed beat is only a late beat
+                self._beat()
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# --- one trial ----------------------------------------------------------------------------------
+
+
+def run_trial(
+    study: Any, storage: Any, trial: Any, spec: SweepSpec, out: Path, ctx: dict[str, Any]
+) -> None:
+    """Train one trial and tell the study how it ended (complete, pruned or failed + reason)."""
+    import optuna
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+    from optuna.trial import TrialState
+
+    from .results import RunDir
+    from .tracking import make_tracker
+    from .train import DivergedError, train_and_evaluate
+
+    start = time.perf_counter()
+    params = spec.suggest(trial)
+    # the Trial handle of Optuna 5 does not show system attrs; the stored trial does
+    origin = RetryHeartbeatStaleTrialCallback.retried_trial_number(
+        storage.get_trial(trial._trial_id)
+    )
+    number = trial.number if origin is None else origin  # a retry reuses the run directory
+    run_dir = out / "trials" / f"trial-{number}"
+    trial.set_user_attr("run_dir", str(run_dir))
+    state, values, note = TrialState.FAIL, None, ""
+    try:
+        cfg = spec.resolve(params).replace(
+            out_dir=str(out / "trials"),
+            run_name=f"trial-{number}",
+            group=study.study_name,
+            progress=False,
+            **ctx["fixed"],
+        )
+        resume = (run_dir / "checkpoint.pt").exists()
+        if resume:
+            done = RunDir(run_dir).read_metrics()
+            trial.set_user_attr("resumed_at_epoch", done[-1]["epoch"] if done else 0)
+        tracker = make_tracker(cfg, run_dir, mlflow_parent_run_id=ctx["mlflow_parent"])
+        with Heartbeat(storage, trial._trial_id, ctx["heartbeat"]):
+            summary = train_and_evaluate(
+                cfg, run_dir, tracker=tracker, on_epoch=_reporter(trial, spec), resume=resume
+            )
+        values = [float(summary[m]) for m, _ in spec.objectives]
+        if all(math.isfinite(v) for v in values):
+            state = TrialState.COMPLETE
+        else:
+            note = f"non-finite objective {values}"
+            trial.set_user_attr(FAIL_REASON, note)
+    except optuna.TrialPruned as e:
+        state, note = TrialState.PRUNED, str(e)
+    except (ConfigError, DivergedError, ValueError) as e:
+        # a bad sampled combination, a NaN loss, a checkpoint that does not match: the study goes on
+        note = f"{type(e).__name__}: {e}"
+        trial.set_user_attr(FAIL_REASON, note)
+    study.tell(trial, values if state == TrialState.COMPLETE else None, state=state)
+    shown = ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
+    )
+    res = ", ".join(
+        f"{m}={v:.4g}" for (m, _), v in zip(spec.objectives, values or [], strict=False)
+    )
+    print(
+        f"[{study.study_name}] trial {trial.number} {state.name} {res or note} ({shown}) "
+        f"{time.perf_counter() - start:.1f} s, pid {os.getpid()}",
+        flush=True,
+    )
+
+
+def _reporter(trial: Any, spec: SweepSpec):
+    import optuna
+
+    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        if spec.multi_objective:  # Optuna cannot prune a multi-objective trial
+            return
+        value = float(metrics[spec.metric])
+        trial.report(value, epoch)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at epoch {epoch} with {spec.metric}={value:.4g}")
+
+    return on_epoch
+
+
+# --- workers and the command ----------------------------------------------------------------------
+
+
+def work(
+    study: Any, storage: Any, spec: SweepSpec, out: Path, n_trials: int, args: Any, ctx: dict
+) -> int:
+    """Run trials until the study holds `n_trials` ended or running trials; return how many ran."""
+    ran = 0
+    while True:
+        with slot_lock(out):
+            for n in fail_stale(study, storage, args.grace, args.max_retry):
+                print(
+                    f"[{study.study_name}] trial {n}: no heartbeat for {args.grace} s, "
+                    "failed, retry queued",
+                    flush=True,
+                )
+            if used_slots(study.get_trials(deepcopy=False)) >= n_trials:
+                return ran
+            trial = study.ask()
+        run_trial(study, storage, trial, spec, out, ctx)
+        ran += 1
+
+
+def study_command(args: argparse.Namespace) -> int:
+    overrides = parse_overrides(args.overrides)
+    if args.track is not None:
+        overrides["track"] = args.track
+    spec = load_spec(args.sweep_file, overrides)
+    name = args.study_name or spec.name
+    out = Path(args.out or Path("runs") / "studies" / name)
+    storage_url = args.storage or str(out / JOURNAL_NAME)
+    if args.workers < 1:
+        raise ConfigError(f"--workers {args.workers}: must be >= 1")
+    n_trials = target_trials(spec, args.n_trials)
+    storage = open_storage(storage_url, args.heartbeat, args.grace, args.max_retry)
+    study = load_or_create(storage, name, spec, args)
+    ctx = {"mlflow_parent": args.mlflow_parent, "heartbeat": args.heartbeat, "fixed": {}}
+    if args.workers > 1 and spec.base.get("threads", 0) == 0:
+        # W processes share the cores instead of each taking all of them
+        ctx["fixed"]["threads"] = max(1, (os.cpu_count() or 1) // args.workers)
+    if args.worker:
+        work(study, storage, spec, out, n_trials, args, ctx)
+        return 0
+    parent = _start_parent(spec, name, out)
+    ctx["mlflow_parent"] = parent.mlflow_run_id if parent else None
+    print(
+        f"study {name!r}: {n_trials} trials, {args.workers} worker(s), "
+        f"storage {storage_url}, out {out}",
+        flush=True,
+    )
+    status = "FAILED"
+    try:
+        if args.workers == 1:
+            work(study, storage, spec, out, n_trials, args, ctx)
+        else:
+            _run_workers(args, name, out, storage_url, n_trials, ctx)
+        summary = study_summary(study, spec)
+        write_json(out / "study_summary.json", summary)
+        if parent:
+            parent.log_summary(_flat_summary(summary))
+            parent.log_artifact(out / "study_summary.json")
+        print(_describe(summary, out))
+        status = "FINISHED"
+    finally:
+        if parent:
+            parent.finish(status)
+    return 0
+
+
+def _start_parent(spec: SweepSpec, name: str, out: Path) -> Any:
+    from .tracking import start_study_run
+
+    if not spec.base.get("track"):
+        return None
+    return start_study_run(
+        {
+            k: v
+            for k, v in spec.base.items()
+            if k in ("track", "project", "mlflow_uri", "wandb_mode")
+        }
+        | {"out_dir": str(out)},
+        study_name=name,
+        kind="optuna",
+        run_dir=out / "study-run",
+    )
+
+
+def _run_workers(
+    args: Any, name: str, out: Path, storage_url: str, n_trials: int, ctx: dict
+) -> None:
+    cmd = [
+        sys.executable,
+        "-m",
+        "wash_sweeps",
+        "study",
+        args.sweep_file,
+        "--worker",
+        "--storage",
+        storage_url,
+        "--study-name",
+        name,
+        "--out",
+        str(out),
+        "--n-trials",
+        str(n_trials),
+        "--pruner",
+        args.pruner,
+        "--heartbeat",
+        str(args.heartbeat),
+        "--grace",
+        str(args.grace),
+        "--max-retry",
+        str(args.max_retry),
+        "--workers",
+        str(args.workers),
+    ]
+    for item in args.overrides:
+        cmd += ["--set", item]
+    if args.track is not None:
+        cmd += ["--track", args.track]
+    if ctx["mlflow_parent"]:
+        cmd += ["--mlflow-parent", ctx["mlflow_parent"]]
+    procs = []
+    for i in range(args.workers):
+        # each worker samples with its own seed, else two workers propose the same first points
+        procs.append(subprocess.Popen([*cmd, "--seed", str(args.seed + i)]))
+    codes = [p.wait() for p in procs]
+    bad = [c for c in codes if c != 0]
+    if bad:
+        print(
+            f"study {name!r}: {len(bad)} worker(s) exited with {bad}; "
+            "run the command again to continue",
+            file=sys.stderr,
+        )
+
+
+# --- summary and report ---------------------------------------------------------------------------
+
+
+def study_summary(study: Any, spec: SweepSpec) -> dict[str, Any]:
+    """Best trial (or Pareto front), counts by state, parameter importances."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    out: dict[str, Any] = {
+        "study_name": study.study_name,
+        "sweep_file": spec.path,
+        "objectives": [{"name": m, "goal": g} for m, g in spec.objectives],
+        "n_trials": len(trials),
+        "states": counts,
+        "failures": {
+            t.number: t.user_attrs[FAIL_REASON] for t in trials if FAIL_REASON in t.user_attrs
+        },
+    }
+    if done:
+        if spec.multi_objective:
+            out["pareto_front"] = [_trial_record(t) for t in study.best_trials]
+        else:
+            out["best_trial"] = _trial_record(study.best_trial)
+            out["best_config"] = spec.resolve(study.best_trial.params).to_dict()
+    out["importances"] = _importances(study, spec, done)
+    return out
+
+
+def _trial_record(t: Any) -> dict[str, Any]:
+    return {
+        "number": t.number,
+        "values": t.values,
+        "params": t.params,
+        "run_dir": t.user_attrs.get("run_dir"),
+    }
+
+
+def _importances(study: Any, spec: SweepSpec, done: list[Any]) -> dict[str, Any]:
+    import optuna
+
+    if len(done) < 2:
+        return {}
+    out = {}
+    for i, (metric, goal) in enumerate(spec.objectives):
+        sign = -1.0 if goal == "maximize" else 1.0  # the evaluator ranks params for low targets
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                imp = optuna.importance.get_param_importances(
+                    study, target=lambda t, i=i, s=sign: s * t.values[i]
+                )
+            out[metric] = {k: float(v) for k, v in imp.items()}
+        except (RuntimeError, ValueError) as e:  # e.g. one parameter value only
+            out[metric] = {"unavailable": str(e).splitlines()[0]}
+    return out
+
+
+def _flat_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    flat: dict[str, Any] = {f"study/states/{k}": v for k, v in summary["states"].items()}
+    best = summary.get("best_trial")
+    if best:
+        flat["study/best_trial"] = best["number"]
+        flat["study/best_value"] = best["values"][0]
+        flat.update({f"study/best_params/{k}": v for k, v in best["params"].items()})
+    if "pareto_front" in summary:
+        flat["study/pareto_size"] = len(summary["pareto_front"])
+    for metric, imp in summary["importances"].items():
+        flat.update(
+            {f"study/importance/{metric}/{k}": v for k, v in imp.items() if isinstance(v, float)}
+        )
+    return flat
+
+
+def _describe(summary: dict[str, Any], out: Path) -> str:
+    lines = [f"trials by state: {summary['states']}"]
+    if "best_trial" in summary:
+        b = summary["best_trial"]
+        lines.append(
+            f"best trial {b['number']}: {summary['objectives'][0]['name']}={b['values'][0]:.4f} "
+            f"params {b['params']}  ({b['run_dir']})"
+        )
+    if "pareto_front" in summary:
+        lines.append(f"Pareto front: {len(summary['pareto_front'])} trials")
+        for r in summary["pareto_front"]:
+            lines.append(f"  trial {r['number']}: values {r['values']} params {r['params']}")
+    lines.append(
+        f"summary: {out / 'study_summary.json'}; figures: wash-sweeps study-report --out {out}"
+    )
+    return "\n".join(lines)
+
+
+def report(args: argparse.Namespace) -> int:
+    """Optuna's figures as PNGs (matplotlib, offline): history, importances, contour of p x N,
+    Pareto front, intermediate values."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+
+    if not args.out and not args.storage:
+        raise ConfigError("study-report: give --out (the study's directory) or --storage")
+    out = Path(args.out or ".")
+    url = args.storage or str(out / JOURNAL_NAME)
+    if "://" not in url and not Path(url).is_file():
+        raise ConfigError(f"study-report: storage file {url!r} does not exist")
+    storage = open_storage(url)
+    names = optuna.get_all_study_names(storage)
+    name = args.study_name or (names[0] if len(names) == 1 else None)
+    if name not in names:
+        raise ConfigError(f"study-report: --study-name is one of {names}")
+    study = optuna.load_study(study_name=name, storage=storage)
+    objectives = study.user_attrs.get("objectives") or [["value", "maximize"]]
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fname, draw in _figures(study, objectives):
+        try:
+            ax = draw()
+        except (ValueError, RuntimeError) as e:
+            print(f"skipped {fname}: {str(e).splitlines()[0]}")
+            continue
+        fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+        fig.savefig(out / fname, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        written.append(out / fname)
+    for p in written:
+        print(p)
+    return 0
+
+
+def _figures(study: Any, objectives: list[list[str]]) -> list[tuple[str, Any]]:
+    from optuna.trial import TrialState
+    from optuna.visualization import matplotlib as vis
+
+    multi = len(objectives) > 1
+    first = objectives[0][0]
+    target = (lambda t: t.values[0]) if multi else None
+    name = first
+    figs = [
+        (
+            "optimization_history.png",
+            lambda: vis.plot_optimization_history(study, target=target, target_name=name),
+        ),
+        (
+            "param_importances.png",
+            lambda: vis.plot_param_importances(study, target=target, target_name=name),
+        ),
+    ]
+    params = {k for t in study.get_trials(states=(TrialState.COMPLETE,)) for k in t.params}
+    if {"p", "n_members"} <= params:
+        figs.append(
+            (
+                "contour_p_n_members.png",
+                lambda: vis.plot_contour(
+                    study, params=["p", "n_members"], target=target, target_name=name
+                ),
+            )
+        )
+    if multi:
+        figs.append(
+            (
+                "pareto_front.png",
+                lambda: vis.plot_pareto_front(study, target_names=[o[0] for o in objectives]),
+            )
+        )
+    elif any(t.intermediate_values for t in study.get_trials(deepcopy=False)):
+        figs.append(("intermediate_values.png", lambda: vis.plot_intermediate_values(study)))
+    return figs
