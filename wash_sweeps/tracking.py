@@ -1,15 +1,61 @@
-"""The tracker facade: params, metrics at a step, artifacts, tags, finish.
+"""The tracker facade: params, metrics at a step, curves, artifacts, tags, finish.
 
-The trainer talks to one `Tracker`; `make_tracker(cfg, run_dir)` builds a fan-out over the
-trackers named in `cfg.track`. Local results (`results.RunDir`) are always written first by the
-trainer itself, so a tracker that fails never loses a run.
+The trainer talks to one `Tracker`. `make_tracker(cfg, run_dir)` builds a fan-out over the
+trackers named in `cfg.track` (`wandb`, `mlflow`; imported only when named). Local results
+(`results.RunDir`) are written first by the trainer, so a tracker never loses a run: every call
+to a tracker is guarded, and on its first failure the tracker prints one warning to stderr and is
+switched off for the rest of the run.
+
+    cfg = TrainConfig.from_preset("tiny", track="wandb,mlflow", out_dir="runs")
+    train_and_evaluate(cfg)            # trackers come from cfg.track
+    mlflow ui --backend-store-uri sqlite:///runs/mlflow.db      # MLflow: open the runs
+    wandb leet runs/<run>/wandb        # W&B offline run in the terminal
+    wandb sync runs/<run>/wandb/offline-run-*                   # later, with WANDB_API_KEY set
+
+W&B: `cfg.wandb_mode` is `offline` by default (`online` needs WANDB_API_KEY or a ~/.netrc entry,
+else a warning and offline). Every file W&B writes goes under `<run_dir>/wandb/` (WANDB_DIR,
+WANDB_CACHE_DIR, WANDB_CONFIG_DIR, WANDB_DATA_DIR point there). Barrier curves and the final
+per-member metrics are W&B tables (`curves/barrier`, `tables/members`); the averaged model is a
+`model` artifact. Read an offline run back with `wash_sweeps.wandb_reader.read_run`.
+
+MLflow: the tracking URI is `cfg.mlflow_uri`, else MLFLOW_TRACKING_URI, else
+`sqlite:///<out_dir>/mlflow.db` with artifacts in `<out_dir>/mlartifacts`. Experiment =
+`cfg.project`. Params are the resolved config (strings, cut at 6000 characters); metrics keep the
+trainer's names (`val/acc_avg`, `member/3/val_acc`: `/` is valid in MLflow keys; any character
+MLflow refuses becomes `_`). Artifacts: `results/` (config, metrics history, summary),
+`curves/step_<N>.json` (loss-barrier curves), `model/averaged.pt`. Runs use explicit run ids
+(MlflowClient), so several runs in one process do not interfere.
+
+Provenance (git commit and dirty flag, package versions, device, seeds) is set on every run:
+MLflow tags `prov/...`, W&B config `provenance/...`.
+
+Studies (Optuna or W&B sweeps) open one parent run and nest their trials under it:
+
+    study = start_study_run(cfg, study_name="wash-p", kind="optuna")
+    trial_cfg = cfg.replace(group="wash-p", ...)
+    tracker = make_tracker(trial_cfg, trial_dir, mlflow_parent_run_id=study.mlflow_run_id)
+    train_and_evaluate(trial_cfg, trial_dir, tracker=tracker)
+    study.log_summary({"best/val_acc_avg": 0.93}); study.log_artifact("study.json")
+    study.finish("FINISHED")
 """
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import re
+import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+TRACKERS = ("wandb", "mlflow")
+MLFLOW_PARAM_MAX = 6000  # characters per MLflow param value
+_MLFLOW_BAD_KEY = re.compile(r"[^\w\-. :/]")  # MLflow keys: alnum, _ - . space : /
 
 
 class Tracker:
@@ -35,6 +81,48 @@ class Tracker:
 NoopTracker = Tracker
 
 
+class Guarded(Tracker):
+    """One tracker whose first failure prints one warning and switches it off."""
+
+    def __init__(self, tracker: Tracker, where: str = ""):
+        self.tracker, self.name, self.where = tracker, tracker.name, where
+        self.failed: str | None = None
+
+    def _call(self, method: str, *args: Any) -> None:
+        if self.failed is not None:
+            return
+        try:
+            getattr(self.tracker, method)(*args)
+        except Exception as e:  # a tracker must never stop a run
+            self.failed = f"{type(e).__name__}: {_first_line(e)}"
+            warn(f"tracker {self.name} failed in {method} ({self.failed}); {self._rest()}")
+
+    def _rest(self) -> str:
+        tail = f"; local results in {self.where} are complete" if self.where else ""
+        return f"it is off for the rest of this run{tail}"
+
+    def log_params(self, params):
+        self._call("log_params", params)
+
+    def log_metrics(self, metrics, step):
+        self._call("log_metrics", metrics, step)
+
+    def log_curves(self, curves, step):
+        self._call("log_curves", curves, step)
+
+    def log_summary(self, summary):
+        self._call("log_summary", summary)
+
+    def log_artifact(self, path, name=None):
+        self._call("log_artifact", path, name)
+
+    def set_tags(self, tags):
+        self._call("set_tags", tags)
+
+    def finish(self, status="FINISHED"):
+        self._call("finish", status)
+
+
 class FanOut(Tracker):
     """Sends every call to each tracker."""
 
@@ -43,9 +131,17 @@ class FanOut(Tracker):
     def __init__(self, trackers: Sequence[Tracker]):
         self.trackers = list(trackers)
 
-    def _each(self, method: str, *args: Any, **kwargs: Any) -> None:
+    def _each(self, method: str, *args: Any) -> None:
         for t in self.trackers:
-            getattr(t, method)(*args, **kwargs)
+            getattr(t, method)(*args)
+
+    def find(self, name: str) -> Tracker | None:
+        """The live tracker called `name` (None if not tracked or switched off)."""
+        for t in self.trackers:
+            inner = t.tracker if isinstance(t, Guarded) else t
+            if t.name == name and getattr(t, "failed", None) is None:
+                return inner
+        return None
 
     def log_params(self, params):
         self._each("log_params", params)
@@ -69,8 +165,390 @@ class FanOut(Tracker):
         self._each("finish", status)
 
 
-def make_tracker(cfg: Any, run_dir: str | Path) -> Tracker:
-    names = [t.strip() for t in cfg.track.split(",") if t.strip()]
+def warn(message: str) -> None:
+    print(f"wash-sweeps: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else repr(e)
+
+
+def tracker_names(track: str) -> list[str]:
+    names = [t.strip() for t in track.split(",") if t.strip()]
+    for n in names:
+        if n not in TRACKERS:
+            raise ValueError(f"track={track!r}: allowed trackers are {', '.join(TRACKERS)}")
+    return names
+
+
+def make_tracker(cfg: Any, run_dir: str | Path, mlflow_parent_run_id: str | None = None) -> Tracker:
+    """The trackers named in `cfg.track` behind one guarded fan-out (a no-op if none).
+
+    A trial of a study passes the study's MLflow run id to be nested under it."""
+    names = tracker_names(cfg.track)
     if not names:
         return Tracker()
-    raise NotImplementedError(f"trackers {names} arrive with the tracking issue")
+    run_dir = Path(run_dir)
+    name = cfg.run_name or cfg.default_run_name
+    trackers = _open(names, cfg, run_dir, name, mlflow_parent_run_id, job_type=cfg.job_type)
+    fan = FanOut(trackers)
+    fan.set_tags(provenance_tags(cfg))
+    return fan
+
+
+def _open(
+    names: Sequence[str],
+    cfg: Any,
+    run_dir: Path,
+    run_name: str,
+    parent: str | None,
+    job_type: str,
+    extra_tags: Mapping[str, str] | None = None,
+) -> list[Tracker]:
+    out: list[Tracker] = []
+    for n in names:
+        try:
+            if n == "wandb":
+                t: Tracker = WandbTracker(cfg, run_dir, run_name, job_type)
+            else:
+                t = MlflowTracker(cfg, run_dir, run_name, parent, extra_tags)
+        except Exception as e:  # an unreachable tracker never stops the run
+            warn(
+                f"tracker {n} could not start ({type(e).__name__}: {_first_line(e)}); "
+                f"the run goes on without it, local results in {run_dir}"
+            )
+            continue
+        out.append(Guarded(t, str(run_dir)))
+    return out
+
+
+def provenance_tags(cfg: Any, seeds: bool = True) -> dict[str, str]:
+    """Git commit + dirty flag, package versions, device, seeds, as flat string tags."""
+    from . import seeding
+    from .results import git_state, versions
+
+    tags = {f"prov/{k}": str(v) for k, v in git_state().items()}
+    tags.update({f"prov/version/{k}": v for k, v in versions().items()})
+    tags["prov/device"] = _device(cfg)
+    if seeds:  # the same seeds the trainer derives (summary.json provenance)
+        tags["prov/seed"] = str(cfg.seed)
+        init = [seeding.derive(cfg.seed, seeding.INIT, m) for m in range(cfg.n_members)]
+        tags["prov/seeds_init"] = json.dumps(init)
+    return tags
+
+
+def _device(cfg: Any) -> str:
+    import torch
+
+    from .results import device_info
+
+    name = getattr(cfg, "device", "cpu")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        return device_info(torch.device(name))
+    except (RuntimeError, AssertionError):
+        return name
+
+
+def _numeric(value: Any) -> bool:
+    return isinstance(value, (int, float))  # bools too: MLflow stores them as 0/1
+
+
+# --- Weights & Biases ---------------------------------------------------------------------------
+
+
+def wandb_dirs(run_dir: str | Path) -> dict[str, str]:
+    """Where W&B writes for a run: everything under `<run_dir>/wandb/`."""
+    root = Path(run_dir).resolve() / "wandb"
+    return {
+        "WANDB_DIR": str(root),  # offline runs land in <root>/wandb/offline-run-*
+        "WANDB_CACHE_DIR": str(root / ".cache"),
+        "WANDB_CONFIG_DIR": str(root / ".config"),
+        "WANDB_DATA_DIR": str(root / ".data"),
+    }
+
+
+def _wandb_has_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+class WandbTracker(Tracker):
+    """One W&B run (offline by default), files under `<run_dir>/wandb/`."""
+
+    name = "wandb"
+
+    def __init__(self, cfg: Any, run_dir: Path, run_name: str, job_type: str):
+        dirs = wandb_dirs(run_dir)
+        for d in dirs.values():
+            Path(d).mkdir(parents=True, exist_ok=True)
+        # wandb reads these when it starts its service and stages files: set them for the process
+        os.environ.update(dirs)
+        mode = cfg.wandb_mode
+        if mode == "online" and not _wandb_has_key():
+            warn("wandb_mode=online but no WANDB_API_KEY (or ~/.netrc entry): logging offline")
+            mode = "offline"
+        import wandb
+
+        self.wandb = wandb
+        self.run = wandb.init(
+            project=cfg.project,
+            entity=cfg.wandb_entity or None,
+            group=cfg.group or None,
+            job_type=job_type,
+            tags=[t.strip() for t in cfg.tags.split(",") if t.strip()] or None,
+            name=run_name,
+            dir=dirs["WANDB_DIR"],
+            mode=mode,
+            reinit="create_new",  # a study run and its trials can be open at once
+            settings=wandb.Settings(console="off", init_timeout=60, x_disable_stats=True),
+        )
+        self.step = 0
+
+    def log_params(self, params):
+        self.run.config.update(dict(params), allow_val_change=True)
+
+    def log_metrics(self, metrics, step):
+        self.step = max(self.step, step)
+        self.run.log(dict(metrics), step=step)
+
+    def log_curves(self, curves, step):
+        rows = [
+            [k, _alpha(i, len(c)), float(v)] for k, c in curves.items() for i, v in enumerate(c)
+        ]
+        table = self.wandb.Table(columns=["curve", "alpha", "loss"], data=rows)
+        self.step = max(self.step, step)
+        self.run.log({"curves/barrier": table}, step=step)
+
+    def log_summary(self, summary):
+        self.run.summary.update({k: v for k, v in summary.items() if k not in ("config",)})
+        members = member_table(summary)
+        if members:
+            cols = ["member", *sorted({k for row in members.values() for k in row})]
+            data = [[i, *(row.get(c) for c in cols[1:])] for i, row in sorted(members.items())]
+            self.run.log(
+                {"tables/members": self.wandb.Table(columns=cols, data=data)}, step=self.step
+            )
+
+    def log_artifact(self, path, name=None):
+        path = Path(path)
+        if name is None:  # result files: saved with the run's files
+            self.run.save(str(path), base_path=str(path.parent), policy="now")
+            return
+        art = self.wandb.Artifact(name, type="model" if "model" in name else "result")
+        art.add_file(str(path))
+        self.run.log_artifact(art)
+
+    def set_tags(self, tags):
+        # provenance lives in the run config (W&B tags are short labels, not key-value pairs)
+        self.run.config.update({k.replace("prov/", "provenance/"): v for k, v in tags.items()})
+
+    def finish(self, status="FINISHED"):
+        self.run.finish(exit_code=0 if status == "FINISHED" else 1)
+
+
+def _alpha(i: int, n: int) -> float:
+    return i / (n - 1) if n > 1 else 0.0
+
+
+def member_table(summary: Mapping[str, Any]) -> dict[int, dict[str, Any]]:
+    """`member/<i>/<name>` keys -> {i: {name: value}}."""
+    out: dict[int, dict[str, Any]] = {}
+    for key, value in summary.items():
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] == "member" and parts[1].isdigit():
+            out.setdefault(int(parts[1]), {})[parts[2]] = value
+    return out
+
+
+# --- MLflow -------------------------------------------------------------------------------------
+
+
+def mlflow_uri(cfg: Any) -> str:
+    """cfg.mlflow_uri, else MLFLOW_TRACKING_URI, else SQLite in cfg.out_dir."""
+    if cfg.mlflow_uri:
+        return cfg.mlflow_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{Path(cfg.out_dir).resolve() / 'mlflow.db'}"
+
+
+def mlflow_key(key: str) -> str:
+    """The metric/param key MLflow accepts: characters it refuses become `_`."""
+    return _MLFLOW_BAD_KEY.sub("_", key)[:250]
+
+
+def _check_server(uri: str, timeout_s: float = 3.0) -> None:
+    """Fail at once on a server that does not answer (MLflow would retry for minutes)."""
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as r:
+            r.read()
+    except (OSError, urllib.error.URLError) as e:
+        raise ConnectionError(f"MLflow server {uri} does not answer: {e}") from None
+
+
+def _experiment_id(client: Any, name: str, artifact_root: str | None) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_root)
+    except Exception:  # another process created it meanwhile
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+class MlflowTracker(Tracker):
+    """One MLflow run, addressed by its run id (never the global active run)."""
+
+    name = "mlflow"
+
+    def __init__(
+        self,
+        cfg: Any,
+        run_dir: Path,
+        run_name: str,
+        parent_run_id: str | None = None,
+        extra_tags: Mapping[str, str] | None = None,
+    ):
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        # a dead server mid-run costs seconds, not minutes, before the tracker is switched off
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+        self.uri = mlflow_uri(cfg)
+        artifact_root = None
+        if self.uri.startswith(("http://", "https://")):
+            _check_server(self.uri)
+        elif self.uri.startswith("sqlite:///"):
+            db = Path(self.uri[len("sqlite:///") :])
+            db.parent.mkdir(parents=True, exist_ok=True)
+            # must be set when the experiment is created; otherwise it is ./mlruns
+            artifact_root = str(db.parent.resolve() / "mlartifacts")
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self.scratch = Path(run_dir) / "mlflow_files"
+        tags = {**(extra_tags or {})}
+        if parent_run_id:
+            # nested run: the UI shows it under its parent; same experiment as the parent
+            tags["mlflow.parentRunId"] = parent_run_id
+            exp_id = self.client.get_run(parent_run_id).info.experiment_id
+        else:
+            exp_id = _experiment_id(self.client, cfg.project, artifact_root)
+        for t in (x.strip() for x in cfg.tags.split(",")):
+            if t:
+                tags[f"tag/{t}"] = "true"
+        if cfg.group:
+            tags["group"] = cfg.group
+        tags["job_type"] = getattr(cfg, "job_type", "train")
+        run = self.client.create_run(exp_id, run_name=run_name, tags=tags)
+        self.run_id = run.info.run_id
+        self.latest: dict[str, float] = {}
+        self.last_step = 0
+
+    def log_params(self, params):
+        from mlflow.entities import Param
+
+        items = [Param(mlflow_key(k), _param_value(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # log_batch takes at most 100 params
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def log_metrics(self, metrics, step):
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [
+            Metric(mlflow_key(k), float(v), now, int(step))
+            for k, v in metrics.items()
+            if _numeric(v)
+        ]
+        for i in range(0, len(items), 1000):  # log_batch takes at most 1000 metrics
+            self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
+        self.latest.update({m.key: m.value for m in items})
+        self.last_step = max(self.last_step, int(step))
+
+    def log_curves(self, curves, step):
+        path = self.scratch / "curves" / f"step_{step:06d}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"step": step, "curves": dict(curves)}, indent=1))
+        self.client.log_artifact(self.run_id, str(path), "curves")
+
+    def log_summary(self, summary):
+        # the summary's numbers are mostly the last metrics already logged: log only new values,
+        # so the metric history keeps one point per evaluation
+        new = {
+            k: v
+            for k, v in summary.items()
+            if _numeric(v) and not _same(self.latest.get(mlflow_key(k)), float(v))
+        }
+        if new:
+            self.log_metrics(new, self.last_step)
+
+    def log_artifact(self, path, name=None):
+        folder = "model" if name and "model" in name else (name or "results")
+        self.client.log_artifact(self.run_id, str(path), folder)
+
+    def set_tags(self, tags):
+        from mlflow.entities import RunTag
+
+        items = [RunTag(mlflow_key(k), str(v)[:MLFLOW_PARAM_MAX]) for k, v in tags.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, tags=items[i : i + 100])
+
+    def finish(self, status="FINISHED"):
+        status = status if status in ("FINISHED", "FAILED", "KILLED") else "FAILED"
+        self.client.set_terminated(self.run_id, status)
+
+
+def _param_value(v: Any) -> str:
+    text = v if isinstance(v, str) else json.dumps(v, default=str)
+    return text if len(text) <= MLFLOW_PARAM_MAX else text[: MLFLOW_PARAM_MAX - 3] + "..."
+
+
+def _same(a: float | None, b: float) -> bool:
+    return a is not None and (a == b or (math.isnan(a) and math.isnan(b)))
+
+
+# --- studies ------------------------------------------------------------------------------------
+
+
+class StudyRun(FanOut):
+    """The parent run of a study: an MLflow run the trials nest under, and a W&B run with
+    job_type "study" in the study's group. `mlflow_run_id` is None when MLflow is not tracked
+    (or could not start)."""
+
+    name = "study"
+
+    @property
+    def mlflow_run_id(self) -> str | None:
+        t = self.find("mlflow")
+        return t.run_id if isinstance(t, MlflowTracker) else None
+
+
+def start_study_run(
+    cfg: Any, study_name: str, kind: str, run_dir: str | Path | None = None
+) -> StudyRun:
+    """Open the parent run of study `study_name` (`kind`: optuna, wandb-sweep, ...).
+
+    `cfg` is a TrainConfig or a mapping of its fields (track, project, out_dir, mlflow_uri,
+    wandb_mode, ...). W&B files go under `run_dir` (default `<out_dir>/<study_name>`)."""
+    from .config import TrainConfig
+
+    if not isinstance(cfg, TrainConfig):
+        cfg = TrainConfig.from_dict(dict(cfg))
+    cfg = cfg.replace(group=study_name, job_type="study", run_name=study_name)
+    run_dir = Path(run_dir) if run_dir else Path(cfg.out_dir) / study_name
+    tags = {"study": study_name, "study_kind": kind}
+    trackers = _open(
+        tracker_names(cfg.track), cfg, run_dir, study_name, None, job_type="study", extra_tags=tags
+    )
+    study = StudyRun(trackers)
+    study.set_tags({**tags, **provenance_tags(cfg, seeds=False)})
+    return study

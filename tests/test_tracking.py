@@ -1,0 +1,322 @@
+"""Trackers against the real W&B (offline) and MLflow (SQLite, a real `mlflow server`), read back.
+
+.venv/bin/pytest tests/test_tracking.py            # about a minute; -m "not slow" skips runs
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from wash_sweeps import TrainConfig, train_and_evaluate
+from wash_sweeps.results import iter_jsonl, read_json
+from wash_sweeps.tracking import (
+    Guarded,
+    MlflowTracker,
+    make_tracker,
+    mlflow_key,
+    start_study_run,
+)
+
+_ENV = (
+    "WANDB_DIR",
+    "WANDB_CACHE_DIR",
+    "WANDB_CONFIG_DIR",
+    "WANDB_DATA_DIR",
+    "WANDB_API_KEY",
+    "WANDB_MODE",
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT",
+)
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """An empty HOME and working directory inside tmp_path; tracker env vars restored after."""
+    home = tmp_path / "home"
+    cwd = tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    # mnist1d imports matplotlib, whose font cache would land in HOME: not a tracker's file
+    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    for key in _ENV:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.chdir(cwd)
+    return home
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _records(run_dir: Path) -> list[dict]:
+    return list(iter_jsonl(run_dir / "metrics.jsonl"))
+
+
+def _close(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
+
+
+def _check_mlflow_run(client, run_id: str, run_dir: Path, cfg: TrainConfig) -> None:
+    """Every metric at every step of metrics.jsonl, once; params = config; provenance tags."""
+    records = _records(run_dir)
+    keys = {k for r in records for k in r["metrics"]}
+    for key in keys:
+        history = {m.step: m.value for m in client.get_metric_history(run_id, key)}
+        expected = {r["step"]: float(r["metrics"][key]) for r in records if key in r["metrics"]}
+        assert sorted(history) == sorted(expected), key
+        assert all(_close(history[s], v) for s, v in expected.items()), key
+        assert len(client.get_metric_history(run_id, key)) == len(expected), key
+    run = client.get_run(run_id)
+    for k, v in cfg.to_dict().items():
+        assert run.data.params[k] == (v if isinstance(v, str) else json.dumps(v)), k
+    derived = read_json(run_dir / "config.json")["derived"]
+    for k, v in derived.items():
+        assert run.data.params[f"derived/{k}"] == json.dumps(v), k
+    summary = read_json(run_dir / "summary.json")
+    assert _close(run.data.metrics["val/acc_avg"], summary["val/acc_avg"])
+    tags = run.data.tags
+    assert tags["prov/git_commit"] == str(summary["provenance"]["git_commit"])
+    assert tags["prov/device"] == summary["provenance"]["device"]
+    assert tags["prov/version/torch"] == summary["provenance"]["versions"]["torch"]
+    assert json.loads(tags["prov/seeds_init"]) == summary["provenance"]["seeds"]["init"]
+    assert run.info.status == "FINISHED"
+    files = {
+        f.path for d in ("results", "model", "curves") for f in client.list_artifacts(run_id, d)
+    }
+    assert {"results/config.json", "results/metrics.jsonl", "results/summary.json"} <= files
+    assert "model/averaged.pt" in files
+    curve_steps = [r["step"] for r in records if r["curves"]]
+    assert {f"curves/step_{s:06d}.json" for s in curve_steps} <= files
+
+
+@pytest.mark.slow
+def test_wandb_and_mlflow_read_back(home, tmp_path, monkeypatch):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from wash_sweeps.wandb_reader import find_runs, read_run
+
+    out = tmp_path / "runs"
+    cfg = TrainConfig.from_preset(
+        "tiny", track="wandb,mlflow", out_dir=str(out), group="g1", tags="smoke,t2"
+    )
+    summary = train_and_evaluate(cfg)
+    run_dir = Path(summary["run_dir"])
+    records = _records(run_dir)
+    assert len(records) == cfg.epochs
+
+    # MLflow: the default store is SQLite in out_dir, artifacts beside it
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    runs = mlflow.search_runs(experiment_names=[cfg.project])
+    assert len(runs) == 1
+    assert runs.loc[0, "params.method"] == cfg.method
+    assert runs.loc[0, "tags.group"] == "g1"
+    client = MlflowClient(uri)
+    _check_mlflow_run(client, runs.loc[0, "run_id"], run_dir, cfg)
+    assert (out / "mlartifacts").is_dir()
+
+    # W&B: the offline run, read back from its .wandb log
+    [wb_path] = find_runs(run_dir / "wandb")
+    wb = read_run(wb_path)
+    assert (wb.project, wb.group, wb.job_type, wb.exit_code) == (cfg.project, "g1", "train", 0)
+    assert sorted(wb.tags) == ["smoke", "t2"]
+    assert [h["_step"] for h in wb.history] == [r["step"] for r in records]
+    for row, rec in zip(wb.history, records, strict=True):
+        for k, v in rec["metrics"].items():
+            assert _close(float(row[k]), float(v)), k
+        assert row["curves/barrier"]["nrows"] == sum(len(c) for c in rec["curves"].values())
+    for k, v in cfg.to_dict().items():
+        assert wb.config[k] == v, k
+    assert wb.config["provenance/git_commit"] == str(summary["provenance"]["git_commit"])
+    assert _close(wb.summary["val/acc_avg"], summary["val/acc_avg"])
+    assert wb.summary["provenance"]["seeds"] == summary["provenance"]["seeds"]
+    # the members table holds each member's final accuracy
+    members = json.loads((wb_path / "files" / wb.summary["tables/members"]["path"]).read_text())
+    assert members["columns"] == ["member", "val_acc"]
+    assert [row[1] for row in members["data"]] == [
+        summary[f"member/{i}/val_acc"] for i in range(cfg.n_members)
+    ]
+    assert {"name": "averaged_model", "type": "model", "files": ["averaged.pt"]} in wb.artifacts
+
+    # nothing outside tmp_path: the home and working directories stay empty
+    assert list(home.rglob("*")) == []
+    assert list((tmp_path / "cwd").rglob("*")) == []
+
+
+def test_import_and_no_tracker_stay_light(tmp_path):
+    code = (
+        "import sys, wash_sweeps\n"
+        "from wash_sweeps.tracking import Tracker, make_tracker\n"
+        "from wash_sweeps import TrainConfig\n"
+        "t = make_tracker(TrainConfig.from_preset('tiny'), sys.argv[1])\n"
+        "assert type(t) is Tracker, t\n"
+        "bad = [m for m in ('wandb', 'mlflow') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, timeout=120)
+
+
+def test_unreachable_mlflow_server_does_not_stop_the_run(home, tmp_path, capsys):
+    port = _free_port()  # bound then closed: nothing listens there
+    cfg = TrainConfig.from_preset(
+        "tiny",
+        track="mlflow",
+        mlflow_uri=f"http://127.0.0.1:{port}",
+        out_dir=str(tmp_path),
+        epochs=1,
+    )
+    start = time.perf_counter()
+    summary = train_and_evaluate(cfg)
+    assert time.perf_counter() - start < 60
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if "warning: tracker mlflow" in line]
+    assert len(warnings) == 1, err
+    assert f"127.0.0.1:{port}" in warnings[0]
+    run_dir = Path(summary["run_dir"])
+    assert len(_records(run_dir)) == 1
+    assert read_json(run_dir / "summary.json")["val/acc_avg"] == summary["val/acc_avg"]
+    assert (run_dir / "averaged.pt").is_file()
+
+
+def test_failing_tracker_warns_once_then_stops(home, tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    cfg = TrainConfig.from_preset("tiny", track="mlflow", out_dir=str(tmp_path))
+    inner = MlflowTracker(cfg, tmp_path / "run", "r")
+    t = Guarded(inner, "RUN")
+    t.log_params({"lr": 0.1, "bad@key": 1})
+    t.log_metrics({"div/consensus/conv1": 2.0, "a:b c-d.e": 1.0}, step=3)
+    t.log_params({"lr": 0.2})  # MLflow params are immutable: a real failure
+    t.log_metrics({"val/acc_avg": 0.5}, step=4)  # dropped: the tracker is off
+    t.log_params({"lr": 0.3})
+    t.finish()
+    warnings = [x for x in capsys.readouterr().err.splitlines() if "tracker mlflow failed" in x]
+    assert len(warnings) == 1 and "log_params" in warnings[0] and "RUN" in warnings[0]
+    run = MlflowClient(inner.uri).get_run(inner.run_id)
+    assert run.data.params == {"lr": "0.1", "bad_key": "1"}
+    assert run.data.metrics == {"div/consensus/conv1": 2.0, "a:b c-d.e": 1.0}
+    assert run.info.status == "RUNNING"  # finish was skipped too
+    assert mlflow_key("member/3/val_acc") == "member/3/val_acc"
+    assert mlflow_key("loss(a)@x") == "loss_a__x"
+
+
+def test_study_run_nests_trials(home, tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from wash_sweeps.wandb_reader import find_runs, read_run
+
+    # online without a key falls back to offline, with one warning
+    fields = {"track": "wandb,mlflow", "out_dir": str(tmp_path), "wandb_mode": "online"}
+    study = start_study_run(fields, study_name="st1", kind="optuna")
+    assert "no WANDB_API_KEY" in capsys.readouterr().err
+    assert study.mlflow_run_id
+    cfg = TrainConfig.from_preset("tiny", track="wandb,mlflow", out_dir=str(tmp_path), group="st1")
+    trial = make_tracker(cfg, tmp_path / "trial0", mlflow_parent_run_id=study.mlflow_run_id)
+    trial.log_metrics({"val/acc_avg": 0.5}, step=1)
+    trial.finish("FINISHED")
+    (tmp_path / "study.json").write_text("{}")
+    study.log_summary({"best/val_acc_avg": 0.5})
+    study.log_artifact(tmp_path / "study.json")
+    study.finish("FINISHED")
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = client.get_run(study.mlflow_run_id)
+    assert parent.data.tags["study_kind"] == "optuna"
+    assert parent.data.metrics == {"best/val_acc_avg": 0.5}
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{study.mlflow_run_id}'"
+    )
+    assert len(children) == 1 and children[0].data.metrics == {"val/acc_avg": 0.5}
+
+    [study_wb] = find_runs(tmp_path / "st1")
+    [trial_wb] = find_runs(tmp_path / "trial0")
+    s, t = read_run(study_wb), read_run(trial_wb)
+    assert (s.group, s.job_type, t.group, t.job_type) == ("st1", "study", "st1", "train")
+    assert s.summary["best/val_acc_avg"] == 0.5 and s.exit_code == 0
+    assert study_wb.name.startswith("offline-run-")
+    assert list(home.rglob("*")) == []
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        f"sqlite:///{tmp_path / 'server.db'}",
+        "--artifacts-destination",
+        str(tmp_path / "server-artifacts"),
+        "--workers",
+        "1",
+    ]
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "HOME": str(tmp_path)}
+    log = (tmp_path / "server.log").open("w")
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(
+                        f"mlflow server did not start: {(tmp_path / 'server.log').read_text()}"
+                    )
+                time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the server's own process group (gunicorn/uvicorn)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+@pytest.mark.slow
+def test_mlflow_server(home, tmp_path, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    cfg = TrainConfig.from_preset(
+        "tiny",
+        track="mlflow",
+        mlflow_uri=mlflow_server,
+        out_dir=str(tmp_path / "runs"),
+        epochs=1,
+    )
+    summary = train_and_evaluate(cfg)
+    client = MlflowClient(mlflow_server)
+    [run] = client.search_runs([client.get_experiment_by_name(cfg.project).experiment_id])
+    _check_mlflow_run(client, run.info.run_id, Path(summary["run_dir"]), cfg)
+    # artifacts went through the server into its destination, not beside the runs
+    assert list((tmp_path / "server-artifacts").rglob("averaged.pt"))
+    assert not (tmp_path / "runs" / "mlflow.db").exists()
