@@ -1,0 +1,235 @@
+"""torch.distributed WASH/PAPA (gloo, CPU) against the single-process population.
+
+    .venv/bin/pytest tests/test_distributed.py          # about a minute on 2 cores
+
+Processes start with `torch.multiprocessing.spawn` and a file:// rendezvous in tmp_path (no port),
+plus one real `torchrun` subprocess through the CLI.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from wash_sweeps.config import ConfigError, TrainConfig
+from wash_sweeps.distributed import DistributedExchange, member_slices, run_torchrun
+from wash_sweeps.methods import LocalExchange
+from wash_sweeps.shuffle import Segment, draw_plan
+from wash_sweeps.train import train_and_evaluate
+
+N_MEMBERS = 4
+
+
+def _cfg(tmp: Path, method: str, **kw) -> TrainConfig:
+    # threads=1 everywhere: the same kernels in every process, so WASH can be bit-identical
+    base = dict(method=method, n_members=N_MEMBERS, epochs=2, n_train=256, threads=1)
+    base.update(p=0.05, shuffle_optimizer_state=True) if method == "wash" else None
+    base.update(papa_every=2, papa_rate=0.3) if method == "papa" else None
+    return TrainConfig.from_preset("tiny", out_dir=str(tmp / "runs"), **{**base, **kw})
+
+
+def _join(rank: int, world: int, init_file: str, timeout_s: float = 60) -> None:
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=timeout_s),
+    )
+
+
+def _check_operations(world: int) -> None:
+    """permute_/mean/gather of every rank's slice equal LocalExchange on the whole population,
+    with N not divisible by W (uneven slices and uneven all_to_all splits)."""
+    n, d = 2 * world + 1, 60
+    full = [torch.randn(n, d, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    ex = DistributedExchange(n)
+    lo, hi = ex.slices[ex.rank].start, ex.slices[ex.rank].stop
+    for p in (0.0, 0.2, 1.0):
+        plan = draw_plan([Segment(0, d, p)], n, np.random.default_rng(int(p * 10)))
+        want = [t.clone() for t in full]
+        want_values = LocalExchange(n).permute_(want, plan)
+        mine = [t[lo:hi].clone() for t in full]
+        sent_before = ex.stats.sent_values
+        assert ex.permute_(mine, plan) == want_values
+        for got, expected in zip(mine, want, strict=True):
+            assert torch.equal(got, expected[lo:hi])  # copies only: exact
+        # what crossed the network, summed over ranks, is what moves between different ranks
+        sent = torch.tensor([ex.stats.sent_values - sent_before])
+        dist.all_reduce(sent)
+        owner = ex.owner
+        cross = (plan.moved_mask() & (owner[plan.perm] != owner[torch.arange(n)])).sum()
+        assert int(sent) == int(cross) * len(mine)
+    torch.testing.assert_close(ex.mean(full[0][lo:hi]), full[0].mean(0))
+    gathered = ex.gather(full[1][lo:hi])
+    assert torch.equal(gathered, full[1]) if ex.rank == 0 else gathered is None
+
+
+def _equal_worker(rank: int, world: int, init_file: str, jobs: list) -> None:
+    from wash_sweeps.distributed import train_distributed
+
+    _join(rank, world, init_file)
+    try:
+        _check_operations(world)
+        for cfg, workdir in jobs:
+            summary = train_distributed(cfg, workdir)
+            assert (summary is None) == (rank != 0)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict[str, tuple[TrainConfig, dict, dict]]:
+    """The single-process runs every distributed run must reproduce."""
+    tmp = tmp_path_factory.mktemp("single")
+    out = {}
+    for method in ("wash", "papa"):
+        cfg = _cfg(tmp, method)
+        summary = train_and_evaluate(cfg, tmp / method)
+        out[method] = (cfg, summary, _checkpoint(tmp / method))
+    return out
+
+
+def _checkpoint(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoint.pt", weights_only=False)
+
+
+def test_member_slices_are_contiguous_and_balanced():
+    for n in range(1, 12):
+        for w in range(1, n + 1):
+            slices = member_slices(n, w)
+            assert [m for s in slices for m in s] == list(range(n))
+            assert max(map(len, slices)) - min(map(len, slices)) <= 1
+    with pytest.raises(ConfigError, match="smaller than the world size"):
+        member_slices(3, 4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world", [2, 4])
+def test_distributed_equals_single_process(world, reference, tmp_path):
+    jobs = [(cfg, tmp_path / method) for method, (cfg, _, _) in reference.items()]
+    mp.spawn(_equal_worker, args=(world, str(tmp_path / "rdzv"), jobs), nprocs=world)
+    for method, (_, single, single_ckpt) in reference.items():
+        ckpt = _checkpoint(tmp_path / method)  # rank 0 gathered every member into it
+        pop, ref = ckpt["population"], single_ckpt["population"]
+        assert pop["members"] == list(range(N_MEMBERS))
+        summary = _read_summary(tmp_path / method)
+        # the same byte count as the single-process run, from the same plans / all-reduces
+        assert summary["comm/bytes_total"] == single["comm/bytes_total"] > 0
+        assert summary["dist/world_size"] == world
+        if method == "wash":
+            # WASH only copies values between members: every member's arithmetic is the same
+            # sequence of float ops on the same inputs as in one process, so the bits agree
+            for key in ("params", "buffers"):
+                assert torch.equal(pop[key], ref[key])
+            assert torch.equal(
+                pop["opt_state"]["momentum_buffer"], ref["opt_state"]["momentum_buffer"]
+            )
+            assert summary["val/acc_avg"] == single["val/acc_avg"]
+            # one member per process: every changed value crossed the network, none twice
+            wire = summary["dist/all_to_all_bytes_total"]
+            if world == N_MEMBERS:
+                assert wire == summary["comm/bytes_total"]
+            else:  # members sharing a process swap in memory, off the wire
+                assert 0 < wire < summary["comm/bytes_total"]
+        else:
+            # PAPA: gloo's all-reduce adds the per-rank sums in its own order, not torch's
+            # mean(0) order, so the mean differs in the last bits and the runs drift apart
+            # a little through training; float32 rounding, not a different algorithm
+            torch.testing.assert_close(pop["params"], ref["params"], rtol=1e-4, atol=1e-5)
+            if world == N_MEMBERS:  # ring all-reduce on the wire == the method's 2 (N-1) d
+                assert summary["dist/allreduce_wire_bytes_total"] == summary["comm/bytes_total"]
+            else:  # members sharing a process are summed locally first: less on the wire
+                assert 0 < summary["dist/allreduce_wire_bytes_total"] < summary["comm/bytes_total"]
+
+
+def _read_summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def _dying_worker(rank: int, world: int, init_file: str, cfg: TrainConfig, out: str) -> None:
+    """Rank 0 dies after its first epoch (no cleanup, like a killed process); rank 1 must fail
+    with a clear error instead of waiting forever in its next collective."""
+    _join(rank, world, init_file, timeout_s=30)
+    ex = DistributedExchange(cfg.n_members, timeout_s=30)
+
+    def die(epoch: int, metrics: dict) -> None:
+        os._exit(3)
+
+    start = time.perf_counter()
+    try:
+        train_and_evaluate(
+            cfg,
+            Path(out) / "run",
+            exchange=ex,
+            members=ex.members,
+            writer=rank == 0,
+            on_epoch=die if rank == 0 else None,
+        )
+        Path(out, f"rank{rank}.txt").write_text("finished")
+    except Exception as e:  # the error the user sees
+        Path(out, f"rank{rank}.txt").write_text(
+            f"{type(e).__name__}|{time.perf_counter() - start:.1f}|{e}"
+        )
+
+
+@pytest.mark.slow
+def test_dead_rank_fails_fast_with_clear_error(tmp_path):
+    cfg = _cfg(tmp_path, "wash", epochs=3, n_members=2)
+    ctx = mp.get_context("spawn")
+    # independent processes, not mp.spawn: spawn would kill the survivor itself
+    procs = [
+        ctx.Process(target=_dying_worker, args=(r, 2, str(tmp_path / "rdzv"), cfg, str(tmp_path)))
+        for r in range(2)
+    ]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + 150
+    for p in procs:
+        p.join(max(deadline - time.monotonic(), 1))
+    alive = [p.pid for p in procs if p.is_alive()]
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    assert not alive, "a rank hung after its peer died"
+    assert procs[0].exitcode == 3
+    kind, seconds, message = (tmp_path / "rank1.txt").read_text().split("|", 2)
+    assert kind == "PeerFailure"
+    assert "rank 1/2" in message and "another process died" in message
+    assert "\n" not in message
+    assert float(seconds) < 60
+
+
+@pytest.mark.slow
+def test_torchrun_resumes_a_single_process_checkpoint(reference, tmp_path):
+    """The real launcher: `torchrun -m wash_sweeps train --distributed --resume RUN` continues a
+    single-process run interrupted after epoch 1 and ends on the uninterrupted run's bits."""
+    cfg, single, single_ckpt = reference["wash"]
+    run_dir = tmp_path / "run"
+
+    class Stop(Exception):
+        pass
+
+    def stop(epoch: int, metrics: dict) -> None:
+        raise Stop
+
+    with pytest.raises(Stop):
+        train_and_evaluate(cfg, run_dir, on_epoch=stop)
+    assert _checkpoint(run_dir)["state"]["epoch"] == 1
+
+    summary = run_torchrun(cfg, 2, run_dir, resume=True, timeout_s=60)
+    assert summary["dist/world_size"] == 2
+    assert summary["comm/bytes_total"] == single["comm/bytes_total"]
+    final = _checkpoint(run_dir)["population"]
+    assert torch.equal(final["params"], single_ckpt["population"]["params"])
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]  # one record per epoch
