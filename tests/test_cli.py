@@ -1,0 +1,70 @@
+"""The command line as a user runs it: train, resume, fields, and one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from wash_sweeps.cli import main
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "wash_sweeps", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+@pytest.mark.slow
+def test_train_then_resume_from_the_command_line(tmp_path):
+    run_dir = tmp_path / "run"
+    r = _cli(
+        "train",
+        "--preset",
+        "tiny",
+        "--set",
+        "method=wash",
+        "--set",
+        "p=0.02",
+        "--workdir",
+        str(run_dir),
+    )
+    assert r.returncode == 0, r.stderr
+    assert "accuracy  averaged" in r.stdout and "comm" in r.stdout
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["config"]["p"] == 0.02 and summary["config"]["method"] == "wash"
+    again = _cli("train", "--resume", str(run_dir))
+    assert again.returncode == 0, again.stderr
+    assert (
+        json.loads((run_dir / "summary.json").read_text())["val/acc_avg"] == summary["val/acc_avg"]
+    )
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--set", "p=2"], "p=2.0: must be <= 1.0"),
+        (["--set", "nmembers=3"], "unknown config field 'nmembers'"),
+        (["--preset", "nope"], "preset='nope': allowed presets are"),
+        (["--config", "/nonexistent.yaml"], "config file '/nonexistent.yaml' does not exist"),
+    ],
+)
+def test_bad_input_is_one_clear_line(args, message, capsys):
+    assert main(["train", *args]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
+
+
+def test_resume_of_a_non_run_directory(tmp_path, capsys):
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert "no config.json there" in capsys.readouterr().err
+
+
+def test_fields_lists_every_field_with_its_unit(capsys):
+    assert main(["fields"]) == 0
+    out = capsys.readouterr().out
+    assert "per coordinate per shuffle" in out and "mnist1d-fast" in out
