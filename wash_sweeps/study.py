@@ -30,6 +30,7 @@ import contextlib
 import fcntl
 import math
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -307,6 +308,7 @@ def run_trial(
     number = trial.number if origin is None else origin  # a retry reuses the run directory
     run_dir = out / "trials" / f"trial-{number}"
     trial.set_user_attr("run_dir", str(run_dir))
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     state, values, note = TrialState.FAIL, None, ""
     try:
         cfg = spec.resolve(params).replace(

@@ -271,11 +271,11 @@ def parse_spec(raw: Any, path: str = "<sweep>") -> SweepSpec:
         else:
             params.append(p)
     params = _attach_conditions(raw.get("conditions"), params, base)
-    _schema_check(raw)
     early = _early_terminate(raw)
     cap = raw.get("run_cap")
     if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
         raise ConfigError(f"run_cap={cap!r}: must be a positive integer")
+    _schema_check(raw)
     TrainConfig.from_dict(base)  # the shared part must be a valid config on its own
     spec = SweepSpec(
         path=path,
