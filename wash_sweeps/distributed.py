@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -214,6 +215,7 @@ class DistributedExchange:
             fn(*args, **kwargs)
         except RuntimeError as e:  # DistBackendError, gloo's "Connection closed by peer", ...
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            first = re.sub(r"^\[[^\]]*\] ", "", first)  # gloo's source location
             raise PeerFailure(
                 f"rank {self.rank}/{self.world_size}: {what} failed after "
                 f"{time.perf_counter() - start:.0f} s: another process died or did not answer "
