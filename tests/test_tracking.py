@@ -229,7 +229,14 @@ def test_study_run_nests_trials(home, tmp_path, capsys):
     study = start_study_run(fields, study_name="st1", kind="optuna")
     assert "no WANDB_API_KEY" in capsys.readouterr().err
     assert study.mlflow_run_id
-    cfg = TrainConfig.from_preset("tiny", track="wandb,mlflow", out_dir=str(tmp_path), group="st1")
+    assert study.mlflow_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = TrainConfig.from_preset(  # trials live elsewhere, but log to the study's MLflow
+        "tiny",
+        track="wandb,mlflow",
+        out_dir=str(tmp_path / "trials"),
+        group="st1",
+        mlflow_uri=study.mlflow_uri,
+    )
     trial = make_tracker(cfg, tmp_path / "trial0", mlflow_parent_run_id=study.mlflow_run_id)
     trial.log_metrics({"val/acc_avg": 0.5}, step=1)
     trial.finish("FINISHED")
@@ -274,7 +281,12 @@ def mlflow_server(tmp_path):
         "--workers",
         "1",
     ]
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "HOME": str(tmp_path)}
+    env = {
+        **os.environ,
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # one process less to start
+        "HOME": str(tmp_path),
+    }
     log = (tmp_path / "server.log").open("w")
     proc = subprocess.Popen(
         cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -320,3 +332,40 @@ def test_mlflow_server(home, tmp_path, mlflow_server):
     # artifacts went through the server into its destination, not beside the runs
     assert list((tmp_path / "server-artifacts").rglob("averaged.pt"))
     assert not (tmp_path / "runs" / "mlflow.db").exists()
+
+
+_WORKER = """
+import sys
+from wash_sweeps import TrainConfig
+from wash_sweeps.tracking import make_tracker
+cfg = TrainConfig.from_preset("tiny", track="mlflow", out_dir=sys.argv[1], run_name=sys.argv[2])
+t = make_tracker(cfg, sys.argv[1] + "/" + sys.argv[2])
+t.log_params(cfg.to_dict())
+for step in range(20):
+    t.log_metrics({f"m/{i}": float(i * step) for i in range(20)}, step)
+t.finish()
+"""
+
+
+@pytest.mark.slow
+def test_workers_share_a_fresh_sqlite_store(home, tmp_path):
+    """Study workers open the same new mlflow.db at once (schema creation races without a lock)."""
+    from mlflow.tracking import MlflowClient
+
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WORKER, str(tmp_path), f"w{i}"],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), errors
+    assert not [e for e in errors if "warning: tracker" in e], errors
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("wash-sweeps").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["w0", "w1"]
+    for r in runs:
+        assert r.info.status == "FINISHED"
+        assert len(client.get_metric_history(r.info.run_id, "m/7")) == 20

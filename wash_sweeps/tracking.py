@@ -32,7 +32,7 @@ MLflow tags `prov/...`, W&B config `provenance/...`.
 Studies (Optuna or W&B sweeps) open one parent run and nest their trials under it:
 
     study = start_study_run(cfg, study_name="wash-p", kind="optuna")
-    trial_cfg = cfg.replace(group="wash-p", ...)
+    trial_cfg = cfg.replace(group="wash-p", mlflow_uri=study.mlflow_uri or "", ...)
     tracker = make_tracker(trial_cfg, trial_dir, mlflow_parent_run_id=study.mlflow_run_id)
     train_and_evaluate(trial_cfg, trial_dir, tracker=tracker)
     study.log_summary({"best/val_acc_avg": 0.93}); study.log_artifact("study.json")
@@ -41,6 +41,7 @@ Studies (Optuna or W&B sweeps) open one parent run and nest their trials under i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -49,7 +50,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -391,6 +392,24 @@ def _check_server(uri: str, timeout_s: float = 3.0) -> None:
         raise ConnectionError(f"MLflow server {uri} does not answer: {e}") from None
 
 
+@contextlib.contextmanager
+def _sqlite_lock(uri: str) -> Iterator[None]:
+    """Serialise MLflow's first use of a SQLite file across processes: workers that open a fresh
+    database at once race on its schema migration (3 of 4 failed here without this lock)."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    lock = Path(uri[len("sqlite:///") :] + ".lock")
+    with lock.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def _experiment_id(client: Any, name: str, artifact_root: str | None) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
@@ -431,15 +450,28 @@ class MlflowTracker(Tracker):
             db.parent.mkdir(parents=True, exist_ok=True)
             # must be set when the experiment is created; otherwise it is ./mlruns
             artifact_root = str(db.parent.resolve() / "mlartifacts")
+        self.scratch = Path(run_dir) / "mlflow_files"
+        with _sqlite_lock(self.uri):
+            self.run_id = self._create_run(cfg, run_name, parent_run_id, extra_tags, artifact_root)
+        self.latest: dict[str, float] = {}
+        self.last_step = 0
+
+    def _create_run(
+        self,
+        cfg: Any,
+        run_name: str,
+        parent_run_id: str | None,
+        extra_tags: Mapping[str, str] | None,
+        artifact_root: str | None,
+    ) -> str:
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri=self.uri)
-        self.scratch = Path(run_dir) / "mlflow_files"
         tags = {**(extra_tags or {})}
         if parent_run_id:
             # nested run: the UI shows it under its parent; same experiment as the parent
             tags["mlflow.parentRunId"] = parent_run_id
-            exp_id = self.client.get_run(parent_run_id).info.experiment_id
+            exp_id = self._parent_experiment(parent_run_id)
         else:
             exp_id = _experiment_id(self.client, cfg.project, artifact_root)
         for t in (x.strip() for x in cfg.tags.split(",")):
@@ -448,10 +480,16 @@ class MlflowTracker(Tracker):
         if cfg.group:
             tags["group"] = cfg.group
         tags["job_type"] = getattr(cfg, "job_type", "train")
-        run = self.client.create_run(exp_id, run_name=run_name, tags=tags)
-        self.run_id = run.info.run_id
-        self.latest: dict[str, float] = {}
-        self.last_step = 0
+        return self.client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
+
+    def _parent_experiment(self, parent_run_id: str) -> str:
+        try:
+            return self.client.get_run(parent_run_id).info.experiment_id
+        except Exception as e:
+            raise LookupError(
+                f"parent run {parent_run_id} is not in {self.uri}; a trial must use its study's "
+                "mlflow_uri (StudyRun.mlflow_uri)"
+            ) from e
 
     def log_params(self, params):
         from mlflow.entities import Param
@@ -530,6 +568,12 @@ class StudyRun(FanOut):
     def mlflow_run_id(self) -> str | None:
         t = self.find("mlflow")
         return t.run_id if isinstance(t, MlflowTracker) else None
+
+    @property
+    def mlflow_uri(self) -> str | None:
+        """The tracking URI of the parent run: give it to the trials (`mlflow_uri=`)."""
+        t = self.find("mlflow")
+        return t.uri if isinstance(t, MlflowTracker) else None
 
 
 def start_study_run(
