@@ -121,25 +121,71 @@ def bench_world(world: int, models: list[str], p: float, repeats: int, steps: in
         return json.loads(Path(out).read_text())
 
 
+# parameters per member of the preset models (cnn1d, cnn_digits, CIFAR ResNet-18)
+_SIZES = {"cnn1d": 8010, "cnn_digits": 151306, "resnet18": 11173962}
+_PAPA_EVERY = 10  # the presets' papa_every: PAPA's all-reduce is amortised over it
+
+
+def _transport_rows(bench_exchange, worlds, models, p: float, steps: int) -> list[dict]:
+    """Rows from `benchmarks.exchange.bench_exchange` (the transport alone, on a flat row)."""
+    rows = []
+    for w in worlds:
+        for model in models:
+            r = bench_exchange(w, _SIZES[model], p, steps)
+            common = {"model": model, "procs": w, "n_members": w, "n_params": _SIZES[model]}
+            rows.append(
+                {
+                    **common,
+                    "method": f"wash p={p:g}",
+                    "ms_per_step": 1e3
+                    * (r["wash_draw_s_per_step"] + r["wash_exchange_s_per_step"]),
+                    "mb_per_step": r["wash_wire_bytes_per_step"] / 1e6,
+                    "mb_counted_per_step": r["wash_counted_bytes_per_step"] / 1e6,
+                }
+            )
+            rows.append(
+                {
+                    **common,
+                    "method": "papa",
+                    "ms_per_step": 1e3 * r["allreduce_s_per_sync"] / _PAPA_EVERY,
+                    "ms_per_sync": 1e3 * r["allreduce_s_per_sync"],
+                    "mb_per_step": r["allreduce_wire_bytes_per_sync"] / _PAPA_EVERY / 1e6,
+                    "mb_counted_per_step": r["allreduce_wire_bytes_per_sync"] / _PAPA_EVERY / 1e6,
+                }
+            )
+    return rows
+
+
 def bench_distributed(tiny: bool) -> dict[str, Any]:
-    try:
-        from benchmarks.exchange import bench_exchange  # the distributed engineer's, if there
-    except ImportError:
-        bench_exchange = None
-    if bench_exchange is not None:
-        return {"status": "measured", "source": "benchmarks.exchange", **bench_exchange(tiny=tiny)}
+    """The exchange engineer's transport benchmark when `benchmarks/exchange.py` is there (raw
+    permute_/mean on a flat row of each model's size), else the method-level one above."""
     try:
         from wash_sweeps.distributed import DistributedExchange  # noqa: F401
     except ImportError:
         return {"status": "left", "reason": "wash_sweeps.distributed.DistributedExchange missing"}
+    p = 0.01
+    try:
+        from benchmarks.exchange import bench_exchange
+    except ImportError:
+        bench_exchange = None
+    if bench_exchange is not None:
+        worlds, models = ((2,), ["cnn1d"]) if tiny else ((2, 4), list(_SIZES))
+        return {
+            "status": "measured",
+            "source": "benchmarks.exchange.bench_exchange: plan + all_to_all on one flat row "
+            f"(weights only); PAPA's all-reduce amortised over papa_every={_PAPA_EVERY}",
+            "p": p,
+            "rows": _transport_rows(bench_exchange, worlds, models, p, 3 if tiny else 5),
+        }
     worlds, models = ((2,), ["cnn1d"]) if tiny else ((2, 4), ["cnn1d", "cnn_digits"])
     repeats, steps = (2, 10) if tiny else (7, 50)
     rows = []
     for w in worlds:
-        rows += bench_world(w, models, 0.01, repeats, steps)
+        rows += bench_world(w, models, p, repeats, steps)
     return {
         "status": "measured",
-        "source": "benchmarks.distributed_bench (gloo, torch.multiprocessing.spawn)",
-        "p": 0.01,
+        "source": "benchmarks.distributed_bench: Wash/Papa.after_step over DistributedExchange "
+        "(gloo, torch.multiprocessing.spawn), momentum shuffled along",
+        "p": p,
         "rows": rows,
     }

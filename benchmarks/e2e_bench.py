@@ -80,7 +80,8 @@ def demo_measured(workdir: Path) -> dict[str, Any]:
     from wash_sweeps.cli import main
 
     start = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()):  # its table is not the benchmark's
+    # its table and progress bars are not the benchmark's output
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         rc = main(["demo", "--out-dir", str(workdir / "demo")])
     if rc:
         raise RuntimeError(f"wash-sweeps demo exited with {rc}")
