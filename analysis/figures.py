@@ -94,9 +94,8 @@ def fig_accuracy_vs_p(runs: pd.DataFrame, out: Path) -> dict[str, Any]:
     data: dict[str, Any] = {"p": stats["p"].to_numpy(), "n": stats["n"].tolist()}
     for col, kw in style.KIND_STYLE.items():
         m, s = stats[col].to_numpy() * 100, stats[f"{col}:std"].to_numpy() * 100
+        kw = {**kw, "label": f"WASH {kw['label']}"}
         ax.errorbar(data["p"], m, yerr=s, color=style.color("wash"), capsize=3, **kw)
-        kw_label = kw["label"]
-        ax.lines[-1].set_label(f"WASH {kw_label}")
         data[col] = (m, s)
     for method in ("independent", "papa"):
         ref = runs[(runs["method"] == method) & (runs["n_members"] == n)]
@@ -267,12 +266,14 @@ def fig_accuracy_vs_bytes(runs: pd.DataFrame, out: Path) -> dict[str, Any]:
     wash_ps = sorted(p for m, p in info.values() if m == "wash")
     fig, ax = style.figure()
     main_wash = set(wash_grid(runs, n)["label"])
+    other_markers = iter("sDvP^<>")
     for i, lab in enumerate(stats["label"]):
         method, p = info[lab]
-        # WASH variants off the main grid (the ablation) keep their full label
-        name = _short(lab, method, p) if method != "wash" or lab in main_wash else lab
+        main = method != "wash" or lab in main_wash
+        # WASH variants off the main grid (the ablation) keep their full label and own marker
+        name, marker = (_short(lab, method, p), "o") if main else (lab, next(other_markers, "x"))
         color = label_color(lab, method, wash_ps, p)
-        ax.errorbar(x[i], acc[i], yerr=err[i], marker="o", capsize=3, linestyle="none",
+        ax.errorbar(x[i], acc[i], yerr=err[i], marker=marker, capsize=3, linestyle="none",
                     color=color, label=name)  # fmt: skip
     front = pareto_front(mb, acc)
     ax.step(x[front], acc[front], where="post", color="black", alpha=0.6, label="Pareto front")
@@ -324,9 +325,10 @@ def fig_ablation(runs: pd.DataFrame, out: Path) -> dict[str, Any]:
     ax.set_xlabel("WASH variant (layer schedule of p; momentum shuffled with its weights)")
     n, p = int(abl["n_members"].iloc[0]), float(abl["p"].iloc[0])
     ax.set_title(f"Ablation at p = {p:g}, N = {n} (mean ± std, {style.n_note(data['n'])})")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper center", ncol=3)
     lo = np.nanmin([np.min(data[c][0] - data[c][1]) for c in ACCS])
-    ax.set_ylim(max(0.0, lo - 10), 100)
+    hi = np.nanmax([np.max(data[c][0] + data[c][1]) for c in ACCS])
+    ax.set_ylim(max(0.0, lo - 10), min(hi + 12, 110))  # headroom for the legend
     data["files"] = style.save(fig, out / "fig6_ablation")
     return data
 

@@ -119,7 +119,8 @@ def write_report(tables: Path, out: Path, results: dict[str, Any] | None = None)
         if (out / "figures" / f"{stem}.png").exists():
             parts += [f"![{stem}](figures/{stem}.png)", "", caption, ""]
     for png in sorted((out / "figures").glob("fig7_*.png")):
-        parts += [f"![{png.stem}](figures/{png.name})", "", f"Figure 7. Optuna: {png.stem}.", ""]
+        what = png.stem.removeprefix("fig7_").replace("_", " ")
+        parts += [f"![{png.stem}](figures/{png.name})", "", f"Figure 7. Optuna study: {what}.", ""]
     path = out / "report.md"
     path.write_text("\n".join(parts))
     return path

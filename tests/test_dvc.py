@@ -22,6 +22,7 @@ TINY = {
     "train": {"preset": "tiny", "epochs": 2, "eval_every": 1, "n_members": 3, "threads": 1},
     "grid": {"seeds": [0], "baselines": ["independent"], "p": [0.01], "n_methods": [],
              "n_members": [], "schedules": [], "opt_state": []},
+    "study": {"trials": 1},
 }  # fmt: skip
 
 
@@ -54,7 +55,7 @@ def sh(repo: Path, *cmd: str) -> subprocess.CompletedProcess:
 def repo(tmp_path: Path) -> Path:
     repo = tmp_path / "repo"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("wash_sweeps", "analysis", "gpu"):
+    for name in ("wash_sweeps", "analysis", "gpu", "sweeps"):
         shutil.copytree(ROOT / name, repo / name, ignore=ignore)
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copyfile(ROOT / name, repo / name)
@@ -79,6 +80,7 @@ def test_dvc_repro_tiny_pipeline(repo: Path) -> None:
     assert stages == [
         "train_baselines@independent-0",
         "train_wash@0.01-0",
+        "study",
         "aggregate",
         "figures",
     ]  # ./dvc.yaml only: the GPU pipeline in gpu/dvc.yaml is not a default target
@@ -95,6 +97,7 @@ def test_dvc_repro_tiny_pipeline(repo: Path) -> None:
         assert (repo / path).exists(), path
     for fig in ("fig1_accuracy_vs_p", "fig3_diversity", "fig4_barriers", "fig5_accuracy_vs_bytes"):
         assert (repo / "docs/results/figures" / f"{fig}.png").stat().st_size > 1000
+    assert (repo / "docs/results/figures/fig7_wash-p_optimization_history.png").exists()
     assert "± " in (repo / "docs/results/report.md").read_text()
 
     # DVC reads every metrics file: both run summaries and the aggregated table
@@ -119,3 +122,25 @@ def test_dvc_exp_run_with_a_changed_parameter(repo: Path) -> None:
     assert cfg["config"]["epochs"] == 1
     exps = sh(repo, "dvc", "exp", "show", "--json").stdout
     assert "one-epoch" in exps
+
+
+@pytest.mark.parametrize("path", ["params.yaml", "gpu/params.yaml"])
+def test_params_are_config_values(path: str) -> None:
+    """Every run the grids describe is a valid TrainConfig (a typo fails here, not mid-repro)."""
+    from wash_sweeps.config import TrainConfig
+
+    params = yaml.safe_load((ROOT / path).read_text())
+    train, grid = dict(params["train"]), params["grid"]
+    presets = [train.pop("preset")] if "preset" in train else grid["presets"]
+    for preset in presets:
+        base = TrainConfig.from_preset(preset, **train)
+        for method in grid["baselines"]:
+            assert base.replace(method=method).method == method
+        for p in grid["p"]:
+            assert base.replace(method="wash", p=p).p == p
+        for method in grid.get("n_methods", []):
+            for n in grid["n_members"]:
+                base.replace(method=method, n_members=n)
+        for schedule in grid.get("schedules", []):
+            for opt in grid["opt_state"]:
+                base.replace(method="wash", layer_schedule=schedule, shuffle_optimizer_state=opt)
