@@ -118,8 +118,8 @@ class DistributedExchange:
     def permute_(self, tensors: Sequence[torch.Tensor], plan: ShufflePlan) -> int:
         if not tensors or plan.n_selected == 0:
             return 0
-        route = self._route(plan)
         start = time.perf_counter()
+        route = self._route(plan)
         device = tensors[0].device
         to = dict(device=device)
         # read every source value before writing any: a permutation may chain members
@@ -162,18 +162,21 @@ class DistributedExchange:
     def gather(self, local: torch.Tensor) -> torch.Tensor | None:
         """All N rows in member order on rank 0 (None elsewhere). Slices may differ by one row:
         each rank pads to the largest, since gather needs equal shapes."""
-        shape = tuple(local.shape[1:])
+        shape, home = tuple(local.shape[1:]), local.device
         if local[0].numel() == 0:  # nothing to send (e.g. no BatchNorm buffers)
             return local.new_empty((self.n_members, *shape)) if self.rank == 0 else None
         rows = max(len(s) for s in self.slices)
-        padded = local.new_zeros((rows, *shape))
+        # NCCL sends CUDA tensors only (checkpoints gather CPU copies)
+        device = torch.device("cuda") if self.backend == "nccl" else home
+        padded = torch.zeros((rows, *shape), dtype=local.dtype, device=device)
         padded[: local.shape[0]] = local
         parts = [torch.empty_like(padded) for _ in self.slices] if self.rank == 0 else None
         self._collective("gather (evaluation)", dist.gather, padded, parts, dst=0)
         self.stats.gather_values += padded.numel()
         if parts is None:
             return None
-        return torch.cat([part[: len(s)] for part, s in zip(parts, self.slices, strict=True)])
+        rows_in_order = [part[: len(s)] for part, s in zip(parts, self.slices, strict=True)]
+        return torch.cat(rows_in_order).to(home)
 
     # --- helpers -------------------------------------------------------------------------------
     def _route(self, plan: ShufflePlan) -> _Route:
