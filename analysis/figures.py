@@ -178,8 +178,9 @@ def fig_diversity(history: pd.DataFrame, runs: pd.DataFrame, out: Path) -> dict[
         "div/disagreement": _over_training(history, runs, "div/disagreement", axes[1]),
     }
     ns = [k for d in data.values() for e in d.values() for k in e["n"]]
-    axes[0].set_yscale("log")
-    axes[0].set_ylabel("consensus distance (1/N) Σ‖w_i − w̄‖² (log scale)")
+    # symmetric log: PAPA-all's members are identical (distance 0) right after a replacement
+    axes[0].set_yscale("symlog", linthresh=1e-3)
+    axes[0].set_ylabel("consensus distance (1/N) Σ‖w_i − w̄‖² (symlog; 0 = identical)")
     axes[1].set_ylabel("prediction disagreement (fraction of test inputs)")
     for ax, what in zip(axes, ("consensus distance", "disagreement"), strict=True):
         ax.set_xlabel("epoch")

@@ -32,7 +32,9 @@ def mb(method: str, p: float) -> float:
 
 
 def write_run(root: Path, method: str, seed: int, n: int = 5, p: float = 0.01, **extra) -> Path:
-    cfg = TrainConfig.from_preset("mnist1d-fast", method=method, n_members=n, p=p, seed=seed, **extra)
+    cfg = TrainConfig.from_preset(
+        "mnist1d-fast", method=method, n_members=n, p=p, seed=seed, **extra
+    )
     a = acc(method, p, n, seed, cfg.layer_schedule, cfg.shuffle_optimizer_state)
     final = {
         "val/acc_avg": a,
@@ -198,7 +200,8 @@ def test_report_and_cli(tables: Path, tmp_path: Path) -> None:
     from wash_sweeps.cli import main
 
     out = tmp_path / "out"
-    assert main(["figures", "--tables", str(tables), "--out", str(out)]) == 0
+    assert main(["figures", "--runs", str(tables.parent / "runs"), "--out", str(out)]) == 0
+    assert (out / "tables" / "runs.csv").read_text() == (tables / "runs.csv").read_text()
     text = (out / "report.md").read_text()
     assert "| papa rate=0.1 | 81.0 ± 1.0 |" in text
     for stem in report.CAPTIONS:
