@@ -139,6 +139,7 @@ def _transport_rows(bench_exchange, worlds, models, p: float, steps: int) -> lis
                     "method": f"wash p={p:g}",
                     "ms_per_step": 1e3
                     * (r["wash_draw_s_per_step"] + r["wash_exchange_s_per_step"]),
+                    "draw_ms_per_step": 1e3 * r["wash_draw_s_per_step"],
                     "mb_per_step": r["wash_wire_bytes_per_step"] / 1e6,
                     "mb_counted_per_step": r["wash_counted_bytes_per_step"] / 1e6,
                 }

@@ -86,13 +86,13 @@ def _dist_table(d: dict) -> list[str]:
     if d.get("status") != "measured":
         return [*lines, f"left: {d.get('reason', '')}"]
     lines.append(
-        f"{'model':<11} {'params':>7} {'procs':>5} {'method':<12} {'ms/step':>9} {'MB/step':>9} "
-        f"{'MB/step (counted)':>18}"
+        f"{'model':<11} {'params':>9} {'procs':>5} {'method':<12} {'ms/step':>9} {'plan ms':>8} "
+        f"{'MB/step':>9} {'MB/step (counted)':>18}"
     )
     for r in d["rows"]:
         lines.append(
-            f"{r['model']:<11} {r['n_params']:>7} {r['procs']:>5} {r['method']:<12} "
-            f"{r['ms_per_step']:9.3f} "
+            f"{r['model']:<11} {r['n_params']:>9} {r['procs']:>5} {r['method']:<12} "
+            f"{r['ms_per_step']:9.3f} {r.get('draw_ms_per_step', float('nan')):8.3f} "
             f"{r['mb_per_step']:9.4f} {r.get('mb_counted_per_step', float('nan')):18.4f}"
         )
     return lines
