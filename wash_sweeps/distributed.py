@@ -79,7 +79,7 @@ class ExchangeStats:
     sent_values: int = 0  # all_to_all_single: values this rank sent to other ranks
     allreduce_values: int = 0  # all_reduce: values this rank passed in
     gather_values: int = 0  # gather to rank 0: values this rank passed in (evaluation)
-    seconds: float = 0.0  # wall time in WASH/PAPA collectives (evaluation gathers excluded)
+    seconds: float = 0.0  # WASH/PAPA exchanges, waiting for slower ranks included (not eval)
 
 
 @dataclasses.dataclass(frozen=True)
