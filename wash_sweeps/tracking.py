@@ -264,7 +264,7 @@ def wandb_dirs(run_dir: str | Path) -> dict[str, str]:
     """Where W&B writes for a run: everything under `<run_dir>/wandb/`."""
     root = Path(run_dir).resolve() / "wandb"
     return {
-        "WANDB_DIR": str(root),  # offline runs land in <root>/wandb/offline-run-*
+        "WANDB_DIR": str(root.parent),  # W&B adds wandb/: runs land in <root>/offline-run-*
         "WANDB_CACHE_DIR": str(root / ".cache"),
         "WANDB_CONFIG_DIR": str(root / ".config"),
         "WANDB_DATA_DIR": str(root / ".data"),
