@@ -117,25 +117,34 @@ def _quiet_optuna() -> None:
 def open_storage(url: str, heartbeat: int = 10, grace: int = 60, max_retry: int = 2) -> Any:
     """An RDB storage (URL with '://') with heartbeats and retries, else a journal file."""
     import optuna
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     if "://" in url:
         # several local processes on one SQLite file wait for the lock instead of failing
         kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-        return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=kwargs,
-            heartbeat_interval=heartbeat,
-            grace_period=grace,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                max_retry, inherit_intermediate_values=True
-            ),
-        )
+        with warnings.catch_warnings():
+            # heartbeats are "experimental" in Optuna 5; they are what makes a study crash-safe
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return _rdb(url, kwargs, heartbeat, grace, max_retry)
     from optuna.storages.journal import JournalFileBackend
 
     path = Path(url)
     path.parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
+def _rdb(url: str, kwargs: dict, heartbeat: int, grace: int, max_retry: int) -> Any:
+    import optuna
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    return optuna.storages.RDBStorage(
+        url,
+        engine_kwargs=kwargs,
+        heartbeat_interval=heartbeat,
+        grace_period=grace,
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+            max_retry, inherit_intermediate_values=True
+        ),
+    )
 
 
 def make_sampler(spec: SweepSpec, seed: int) -> Any:

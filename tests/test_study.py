@@ -1,0 +1,222 @@
+"""`wash-sweeps study`: pruning and resume, several worker processes (journal file, PostgreSQL),
+kill -9 of a worker then resume with the killed trial retried, the report's figures.
+
+Real components: Optuna storages on disk, a PostgreSQL server started here, subprocess workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from pg_server import PostgresServer, ensure_installed
+
+from wash_sweeps.cli import main
+from wash_sweeps.study import JOURNAL_NAME, open_storage, used_slots
+
+REPO = Path(__file__).resolve().parent.parent
+
+# lr 1e-5 cannot lower the loss: the median pruner stops those trials after epoch 2
+PRUNE_GRID = """
+name: prune-grid
+preset: tiny
+method: grid
+metric: {name: train/loss, goal: minimize}
+parameters:
+  method: {value: independent}
+  lr: {values: [0.1, 0.05, 0.00001, 0.00002]}
+"""
+
+RANDOM = """
+name: rand
+preset: tiny
+method: random
+metric: {name: val/acc_avg, goal: maximize}
+parameters:
+  method: {values: [wash, papa]}
+  p: {distribution: log_uniform_values, min: 0.001, max: 0.1}
+conditions:
+  p: {method: wash}
+"""
+
+TINY = ["--set", "n_train=256", "--set", "threads=1"]
+
+
+def sweep_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def load(storage: str, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=open_storage(storage))
+
+
+def cli(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "wash_sweeps", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.slow
+def test_study_prunes_and_continues_where_it_stopped(tmp_path, capsys):
+    sweep, out = sweep_file(tmp_path, PRUNE_GRID), tmp_path / "study"
+    args = ["study", str(sweep), "--out", str(out), "--set", "epochs=3", *TINY]
+    assert main([*args, "--n-trials", "2"]) == 0  # interrupted after 2 trials of the grid
+    storage = str(out / JOURNAL_NAME)
+    first = load(storage, "prune-grid").trials  # the grid's points wait in the queue
+    assert [t.state for t in first] == [TrialState.COMPLETE] * 2 + [TrialState.WAITING] * 2
+    assert main(args) == 0  # the same command finishes the grid (4 points)
+    trials = load(storage, "prune-grid").trials
+    assert [t.number for t in trials] == [0, 1, 2, 3]
+    assert sorted(t.params["lr"] for t in trials) == [0.00001, 0.00002, 0.05, 0.1]
+    states = {t.params["lr"]: t.state for t in trials}
+    assert states[0.1] == states[0.05] == TrialState.COMPLETE
+    assert TrialState.PRUNED in (states[0.00001], states[0.00002])
+    for t in trials:
+        assert t.intermediate_values and Path(t.user_attrs["run_dir"]).is_dir()
+        assert t.user_attrs["run_dir"].endswith(f"trials/trial-{t.number}")
+    summary = json.loads((out / "study_summary.json").read_text())
+    assert summary["best_trial"]["params"]["lr"] in (0.1, 0.05)
+    assert summary["best_config"]["lr"] == summary["best_trial"]["params"]["lr"]
+    assert summary["states"]["COMPLETE"] >= 2
+    # a third run adds nothing: the grid is done
+    assert main(args) == 0
+    assert len(load(storage, "prune-grid").trials) == 4
+
+    assert main(["study-report", "--out", str(out)]) == 0
+    for name in ("optimization_history", "param_importances", "intermediate_values"):
+        png = out / f"{name}.png"
+        assert png.stat().st_size > 10_000, png  # a drawn figure, not an empty canvas
+
+
+def check_parallel_study(storage: str, name: str, n: int) -> None:
+    trials = load(storage, name).trials
+    assert len(trials) == n
+    assert sorted(t.number for t in trials) == list(range(n))  # no duplicate numbers
+    assert all(t.state == TrialState.COMPLETE for t in trials), [t.state for t in trials]
+    assert len({t.user_attrs["worker"] for t in trials}) == 2  # both processes ran trials
+
+
+@pytest.mark.slow
+def test_two_workers_share_the_default_journal(tmp_path):
+    sweep, out = sweep_file(tmp_path, RANDOM), tmp_path / "study"
+    r = cli("study", str(sweep), "--n-trials", "4", "--workers", "2", "--out", str(out),
+            "--pruner", "none", "--set", "epochs=1", *TINY)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    check_parallel_study(str(out / JOURNAL_NAME), "rand", 4)
+    assert "best trial" in r.stdout
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory):
+    reason = ensure_installed()
+    if reason:
+        pytest.skip(reason)
+    with PostgresServer(tmp_path_factory.mktemp("pg")) as pg:
+        yield pg
+
+
+@pytest.mark.slow
+def test_two_workers_on_postgresql(tmp_path, postgres):
+    url = postgres.create_db("study_two_workers")
+    sweep, out = sweep_file(tmp_path, RANDOM), tmp_path / "study"
+    r = cli("study", str(sweep), "--n-trials", "4", "--workers", "2", "--out", str(out),
+            "--storage", url, "--pruner", "none", "--set", "epochs=1", *TINY)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    check_parallel_study(url, "rand", 4)
+    assert not (out / JOURNAL_NAME).exists()
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_killed_worker_trial_is_retried_from_its_checkpoint(tmp_path, kind):
+    sweep, out = sweep_file(tmp_path, RANDOM), tmp_path / "study"
+    storage = f"sqlite:///{tmp_path / 'study.db'}" if kind == "sqlite" else str(out / "j.log")
+    cmd = [sys.executable, "-m", "wash_sweeps", "study", str(sweep), "--n-trials", "1",
+           "--out", str(out), "--storage", storage, "--heartbeat", "1", "--grace", "2",
+           "--pruner", "none", "--set", "epochs=6", "--set", "n_train=256",
+           "--set", "threads=1"]  # fmt: skip
+    worker = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    ckpt = out / "trials" / "trial-0" / "checkpoint.pt"
+    try:
+        wait_for(ckpt.exists, 120, "the first checkpoint of trial 0")
+    finally:
+        os.kill(worker.pid, signal.SIGKILL)  # mid-trial: no chance to clean up
+        worker.wait()
+    study = load(storage, "rand")
+    assert study.trials[0].state == TrialState.RUNNING  # left behind by the dead worker
+    time.sleep(3)  # past the grace period: its heartbeat is stale
+
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    trials = load(storage, "rand").trials
+    assert trials[0].state == TrialState.FAIL
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
+    assert len(retries) == 1
+    retry = retries[0]
+    assert retry.state == TrialState.COMPLETE and retry.params == trials[0].params
+    assert retry.user_attrs["run_dir"].endswith("trial-0")  # the killed trial's directory
+    assert retry.user_attrs["resumed_at_epoch"] >= 1  # continued from its checkpoint
+    assert used_slots(trials) == 1 and len(trials) == 2  # the retry took the killed one's slot
+    records = [
+        json.loads(line) for line in (ckpt.parent / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["epoch"] for r in records] == list(range(1, 7))  # each epoch once, none lost
+
+
+def test_bad_input_is_one_line(tmp_path, capsys):
+    sweep = sweep_file(tmp_path, RANDOM)
+    assert main(["study", str(sweep), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("--n-trials K (K >= 1) is needed for a random sweep") and "\n" not in err
+    assert main(["study", str(tmp_path / "nope.yaml"), "--n-trials", "1"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["study-report", "--out", str(tmp_path / "none")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_failed_trial_is_recorded_and_the_study_goes_on(tmp_path):
+    # n_members 1 is fine for independent but not for WASH: a bad sampled combination
+    sweep = sweep_file(
+        tmp_path,
+        """
+        name: bad-combo
+        preset: tiny
+        method: grid
+        metric: {name: val/acc_avg, goal: maximize}
+        parameters:
+          method: {values: [wash, independent]}
+          n_members: {values: [1]}
+        """,
+    )
+    out = tmp_path / "o"
+    assert main(["study", str(sweep), "--out", str(out), "--set", "epochs=1", *TINY]) == 0
+    trials = load(str(out / JOURNAL_NAME), "bad-combo").trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert "needs n_members >= 2" in trials[0].user_attrs["fail_reason"]
+    summary = json.loads((out / "study_summary.json").read_text())
+    assert "needs n_members" in summary["failures"]["0"]
