@@ -1,6 +1,6 @@
 """Run directories -> tidy tables: the only input of the figures and the report.
 
-    python -m analysis.aggregate outputs/runs docs/results/tables
+    python -m analysis.aggregate outputs/runs docs/results/tables [--where epochs=30 ...]
 
 writes, under the output directory:
     runs.csv / runs.json   one row per run: `run`, `label`, every config field, final metrics
@@ -9,7 +9,9 @@ writes, under the output directory:
 
 Runs are found by their summary.json (unfinished runs are skipped). Two runs with the same
 config up to run-control fields (same seed, same everything) are one run: the duplicate is
-dropped, so a grid that lists a config twice does not count its seeds twice.
+dropped, so a grid that lists a config twice does not count its seeds twice. `--where
+field=value` keeps only runs whose config has that value: run directories of an earlier grid
+(say, another number of epochs) stay on disk and must not be averaged with the current ones.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 import pandas as pd
 
+from wash_sweeps.config import coerce, parse_overrides
 from wash_sweeps.results import iter_jsonl, read_json, write_json
 
 # fields that change where or how a run is recorded, not what it computes
@@ -52,13 +55,17 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def load_runs(root: str | Path) -> list[dict[str, Any]]:
-    """Every finished run under `root`: {"run", "path", "config", "summary", "history"}."""
+def load_runs(root: str | Path, where: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Every finished run under `root` whose config matches `where` (field -> value as text):
+    {"run", "path", "config", "summary", "history"}."""
     root = Path(root)
+    wanted = {k: coerce(k, v) for k, v in (where or {}).items()}
     runs, seen = [], set()
     for summary_path in sorted(root.rglob("summary.json")):
         summary = read_json(summary_path)
         cfg = summary["config"]
+        if any(cfg.get(k) != v for k, v in wanted.items()):
+            continue
         identity = json.dumps(
             {k: v for k, v in cfg.items() if k not in RUN_CONTROL}, sort_keys=True
         )
@@ -119,9 +126,12 @@ def _ordered(df: pd.DataFrame) -> pd.DataFrame:
     return df[first + [c for c in df.columns if c not in first]]
 
 
-def write_tables(runs_root: str | Path, out: str | Path) -> dict[str, Path]:
-    """Aggregate the runs under `runs_root` into the tables under `out`; returns their paths."""
-    runs = load_runs(runs_root)
+def write_tables(
+    runs_root: str | Path, out: str | Path, where: dict[str, str] | None = None
+) -> dict[str, Path]:
+    """Aggregate the runs under `runs_root` (matching `where`) into the tables under `out`;
+    returns their paths."""
+    runs = load_runs(runs_root, where)
     if not runs:
         raise FileNotFoundError(f"no finished run (summary.json) under {str(runs_root)!r}")
     out = Path(out)
@@ -186,8 +196,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", help="directory holding run directories (searched recursively)")
     parser.add_argument("out", help="directory of the tables")
+    parser.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="keep only runs whose config field has this value (repeatable)",
+    )
     args = parser.parse_args(argv)
-    paths = write_tables(args.runs, args.out)
+    paths = write_tables(args.runs, args.out, parse_overrides(args.where))
     n = len(pd.read_csv(paths["runs_csv"]))
     print(f"{n} runs -> {', '.join(str(p) for p in paths.values())}")
     return 0

@@ -99,6 +99,13 @@ def test_aggregate_one_row_per_distinct_run(tables: Path) -> None:
     assert summary["N5 independent"]["val/acc_avg"] == pytest.approx(0.11)
 
 
+def test_aggregate_where_keeps_matching_runs(tables: Path, tmp_path: Path) -> None:
+    stale = write_run(tmp_path / "runs", "papa", 7, epochs=3)  # an earlier grid's run
+    assert len(aggregate.load_runs(tmp_path / "runs")) == 3 * 11 + 1
+    kept = aggregate.load_runs(tmp_path / "runs", {"epochs": "40", "method": "papa"})
+    assert len(kept) == 3 * 2 and stale.name not in {r["run"] for r in kept}
+
+
 def test_fig1_accuracy_vs_p(tables: Path, tmp_path: Path) -> None:
     runs = aggregate.read_tables(tables)["runs"]
     d = figures.fig_accuracy_vs_p(runs, tmp_path / "f")
