@@ -38,7 +38,7 @@ from .metrics import (
     population_predictions,
 )
 from .population import Population
-from .results import RunDir, provenance
+from .results import RunDir, provenance, read_json
 from .tracking import Tracker, make_tracker
 
 OnEpoch = Callable[[int, dict[str, float]], None]
@@ -145,11 +145,52 @@ def derived(run: Run) -> dict[str, Any]:
     }
 
 
-def checkpoint_state(run: Run) -> dict[str, Any]:
+def population_state(run: Run) -> dict[str, Any] | None:
+    """Every member's state in member order. Distributed, the rows are gathered through the
+    exchange (a collective: every process calls it) and only the writing process gets them."""
+    local = run.pop.state_dict()
+    ex = run.exchange
+    if ex is None:
+        return local
+    ints = local["int_buffers"]
+    params = ex.gather(local["params"])
+    buffers = ex.gather(local["buffers"])
+    opt_state = {k: ex.gather(v) for k, v in local["opt_state"].items()}
+    int_rows = {k: ex.gather(torch.stack([d[k] for d in ints])) for k in ints[0]}
+    if params is None:
+        return None
+    n = params.shape[0]
+    return {
+        "members": list(range(n)),
+        "params": params,
+        "buffers": buffers,
+        "opt_state": opt_state,
+        "opt_steps": local["opt_steps"],
+        "int_buffers": [{k: v[i] for k, v in int_rows.items()} for i in range(n)],
+    }
+
+
+def checkpoint_state(run: Run) -> dict[str, Any] | None:
+    population = population_state(run)
+    if population is None:
+        return None
     return {
         "config": run.cfg.to_dict(),
-        "population": run.pop.state_dict(),
+        "population": population,
         "state": dataclasses.asdict(run.state),
+    }
+
+
+def _select_members(population: dict[str, Any], members: list[int]) -> dict[str, Any]:
+    """The rows of `members` from a checkpoint of the whole population (distributed resume)."""
+    rows = [list(population["members"]).index(m) for m in members]
+    return {
+        "members": members,
+        "params": population["params"][rows],
+        "buffers": population["buffers"][rows],
+        "opt_state": {k: v[rows] for k, v in population["opt_state"].items()},
+        "opt_steps": population["opt_steps"],
+        "int_buffers": [population["int_buffers"][r] for r in rows],
     }
 
 
@@ -158,7 +199,10 @@ def restore(run: Run, ckpt: dict[str, Any]) -> None:
     if saved != run.cfg:
         diff = [k for k in saved.to_dict() if getattr(saved, k) != getattr(run.cfg, k)]
         raise ValueError(f"checkpoint config differs from this run's in fields: {', '.join(diff)}")
-    run.pop.load_state_dict(ckpt["population"])
+    population = ckpt["population"]
+    if list(population["members"]) != run.pop.members:
+        population = _select_members(population, run.pop.members)
+    run.pop.load_state_dict(population)
     run.state = State(**ckpt["state"])
 
 
@@ -334,12 +378,14 @@ def _record(run: Run, record: dict[str, Any] | None, on_epoch: OnEpoch | None) -
         run.tracker.log_curves(record["curves"], record["step"])
 
 
-def _save(run: Run) -> None:
-    if run.run_dir:
-        run.run_dir.save_checkpoint(checkpoint_state(run))
+def _save(run: Run) -> dict[str, Any] | None:
+    ckpt = checkpoint_state(run)  # every process: distributed, this gathers the population
+    if run.run_dir and ckpt is not None:
+        run.run_dir.save_checkpoint(ckpt)
+    return ckpt
 
 
-def _finish(run: Run, record: dict[str, Any]) -> dict[str, Any]:
+def _finish(run: Run, record: dict[str, Any], population: dict[str, Any]) -> dict[str, Any]:
     cfg = run.cfg
     seeds = {
         "base": cfg.seed,
@@ -353,7 +399,7 @@ def _finish(run: Run, record: dict[str, Any]) -> dict[str, Any]:
         "provenance": provenance(run.device, seeds),
         "run_dir": str(run.run_dir.path),
     }
-    soup = uniform_soup(run.pop.params, run.pop.buffers)
+    soup = uniform_soup(population["params"], population["buffers"])
     model = load_into(soup, run.pop.new_model())
     torch.save(model.state_dict(), run.run_dir.averaged_path)
     run.run_dir.write_summary(summary)
@@ -373,17 +419,24 @@ def train_and_evaluate(
     exchange: Exchange | None = None,
     members: list[int] | None = None,
     writer: bool = True,
+    checkpoint: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train the population of `cfg`, evaluate it, and return the final summary.
 
-    `exchange`/`members`/`writer` are for torch.distributed (one slice of members per process,
-    one writing process); the defaults hold the whole population here.
+    `exchange`/`members`/`writer`/`checkpoint` are for torch.distributed (one slice of members
+    per process, one writing process, a resume checkpoint read once and sent to every process);
+    the defaults hold the whole population here.
     """
     run = setup(cfg, workdir, tracker, exchange, members, writer)
     ckpt = run.run_dir.load_checkpoint() if (resume and run.run_dir) else None
+    ckpt = checkpoint if checkpoint is not None else ckpt
     if ckpt is not None:
         restore(run, ckpt)
-        run.run_dir.truncate_metrics(run.state.step)
+        finished = run.state.epoch >= cfg.epochs and exchange is None
+        if finished and run.run_dir and run.run_dir.summary_path.exists():
+            return read_json(run.run_dir.summary_path)  # already finished: nothing to redo
+        if run.run_dir:
+            run.run_dir.truncate_metrics(run.state.step)
     if run.run_dir:
         run.run_dir.write_config(cfg.to_dict(), derived(run))
     run.tracker.log_params(
@@ -409,6 +462,7 @@ def _loop(run: Run, on_epoch: OnEpoch | None) -> dict[str, Any]:
         leave=False,
     )
     record: dict[str, Any] | None = None
+    final_done = False  # not `record["final"]`: distributed, only the writer holds a record
     train_loss = float("nan")
     with bar:
         while st.epoch < cfg.epochs:
@@ -416,6 +470,7 @@ def _loop(run: Run, on_epoch: OnEpoch | None) -> dict[str, Any]:
             last = st.epoch == cfg.epochs
             if st.epoch % cfg.eval_every == 0 or last:
                 record = evaluate(run, train_loss, final=last)
+                final_done = last
                 _record(run, record, on_epoch)
                 if record is not None:
                     bar.set_postfix(
@@ -426,10 +481,10 @@ def _loop(run: Run, on_epoch: OnEpoch | None) -> dict[str, Any]:
                 _save(run)
             if on_epoch is not None and record is not None and record["epoch"] == st.epoch:
                 on_epoch(st.epoch, record["metrics"])
-    if record is None or not record["final"]:
+    if not final_done:
         record = evaluate(run, train_loss, final=True)
         _record(run, record, None)
-    if run.run_dir is None:
+    ckpt = _save(run)
+    if run.run_dir is None or ckpt is None or record is None:
         return record["metrics"] if record else {}
-    _save(run)
-    return _finish(run, record)
+    return _finish(run, record, ckpt["population"])
