@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from .config import ConfigError
+from .errors import RunFailure
 
 # command -> (module, help); each module has add_arguments(parser) and run(args) -> int
 COMMANDS = {
@@ -66,6 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"wash-sweeps: error: {e}", file=sys.stderr)
         return 2
+    except RunFailure as e:
+        print(f"wash-sweeps: error: {e}", file=sys.stderr, flush=True)
+        return 1
     except KeyboardInterrupt:
         print("wash-sweeps: interrupted; results written so far are kept", file=sys.stderr)
         return 130

@@ -40,6 +40,7 @@ import torch.distributed as dist
 import yaml
 
 from .config import ConfigError, TrainConfig
+from .errors import RunFailure
 from .results import RunDir, read_json
 from .shuffle import ShufflePlan
 
@@ -48,7 +49,7 @@ DEFAULT_TIMEOUT_S = 1800.0
 _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
-class PeerFailure(RuntimeError):
+class PeerFailure(RunFailure):
     """A collective failed: another process died, or stopped answering within the timeout."""
 
 
@@ -322,9 +323,6 @@ def train_distributed(
         summary.update(totals)
         RunDir(summary["run_dir"]).write_summary(summary)
         return summary
-    except PeerFailure as e:
-        print(f"wash-sweeps: error: {e}", file=sys.stderr, flush=True)
-        raise
     finally:
         if created:
             dist.destroy_process_group()

@@ -25,6 +25,7 @@ from . import seeding
 from .averaging import greedy_soup, load_into, reestimate_bn, uniform_soup
 from .config import TrainConfig
 from .data import Data, augment_batch, batch, epoch_order, load_data, steps_per_epoch
+from .errors import RunFailure
 from .methods import Exchange, Method, dp_sgd_bytes_per_step, make_method
 from .metrics import (
     accuracy,
@@ -44,7 +45,7 @@ from .tracking import Tracker, make_tracker
 OnEpoch = Callable[[int, dict[str, float]], None]
 
 
-class DivergedError(RuntimeError):
+class DivergedError(RunFailure):
     """The training loss became NaN or infinite."""
 
 
