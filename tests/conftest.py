@@ -1,4 +1,5 @@
 import os
+import tempfile
 
 import pytest
 import torch
@@ -8,6 +9,9 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# mnist1d imports matplotlib.pyplot, whose font cache would otherwise land in ~/.cache
+os.environ.setdefault("MPLCONFIGDIR", tempfile.mkdtemp(prefix="wash-sweeps-mpl-"))
+os.environ.setdefault("MPLBACKEND", "Agg")
 torch.set_num_threads(1)  # tests are many small runs: threads only fight over 2 cores
 
 
