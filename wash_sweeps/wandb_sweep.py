@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import subprocess
 import time
@@ -97,9 +98,12 @@ def offline_sweep(
     out.mkdir(parents=True, exist_ok=True)
     records = list(iter_jsonl(out / RECORDS))  # runs of an earlier, interrupted invocation
     runs = [_sweep_run(r) for r in records]
-    # `sweeps` draws random/bayes proposals from numpy's global generator
-    np.random.seed(seed + len(records))
     while cap is None or _trained(records) < cap:
+        # `sweeps` draws proposals from Python's and numpy's global generators, which training
+        # re-seeds: seed them per proposal, so proposal k is also the same in a resumed sweep
+        k = (seed * 1_000_003 + len(records)) % 2**32
+        random.seed(k)
+        np.random.seed(k)
         proposal = sweeps.next_run(config, runs)
         if proposal is None:  # a grid is exhausted
             break

@@ -1,0 +1,129 @@
+"""`wash-sweeps wandb-sweep`, offline: the `sweeps` package proposes, hyperband stops a bad run,
+the cap holds, a grid stops when exhausted, and every run is an offline W&B run read back here."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from wash_sweeps.cli import main
+from wash_sweeps.results import read_json
+from wash_sweeps.wandb_reader import find_runs, read_run
+
+# lr 1e-5 cannot lower the training loss: hyperband stops it once two runs are ahead of it
+HYPERBAND_GRID = """
+name: hb
+preset: tiny
+method: grid
+metric: {name: train/loss, goal: minimize}
+early_terminate: {type: hyperband, min_iter: 1, eta: 2}
+parameters:
+  method: {value: independent}
+  lr: {values: [0.1, 0.05, 0.00001]}
+"""
+
+
+def sweep_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "sweep_runs.jsonl").read_text().splitlines()]
+
+
+TINY = ["--set", "n_train=256", "--set", "threads=1"]
+
+
+@pytest.mark.slow
+def test_grid_exhausts_exactly_and_hyperband_stops_the_bad_run(tmp_path):
+    out = tmp_path / "sweep"
+    args = ["wandb-sweep", str(sweep_file(tmp_path, HYPERBAND_GRID)), "--out", str(out)]
+    assert main([*args, "--set", "epochs=3", *TINY]) == 0
+    recs = records(out)
+    assert [r["proposal"]["lr"] for r in recs] == [0.1, 0.05, 0.00001]  # each point once
+    assert [r["state"] for r in recs] == ["finished", "finished", "stopped"]
+    assert "hyperband stopped it at epoch" in recs[2]["note"]
+    assert len(recs[2]["history"]) < 3 <= len(recs[0]["history"])
+    assert main([*args, "--set", "epochs=3", *TINY]) == 0  # the same command: nothing left
+    assert len(records(out)) == 3
+    summary = read_json(out / "sweep_summary.json")
+    assert summary["states"] == {"finished": 2, "stopped": 1}
+    assert summary["best_run"]["proposal"]["lr"] in (0.1, 0.05)
+
+    # each run is an offline W&B run in the sweep's group, readable without a server
+    local = read_json(out / "runs" / "run-0" / "summary.json")
+    (path,) = find_runs(out / "runs" / "run-0")
+    wb = read_run(path)
+    assert wb.config["group"] == "hb" and wb.config["lr"] == 0.1
+    assert wb.summary["val/acc_avg"] == pytest.approx(local["val/acc_avg"])
+    assert [h["train/epoch"] for h in wb.history if "train/epoch" in h] == [1, 2, 3]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["random", "bayes"])
+def test_random_and_bayes_respect_the_cap(tmp_path, method):
+    sweep = sweep_file(
+        tmp_path,
+        f"""
+        name: capped
+        preset: tiny
+        method: {method}
+        metric: {{name: val/acc_avg, goal: maximize}}
+        parameters:
+          method: {{value: wash}}
+          p: {{distribution: log_uniform_values, min: 0.001, max: 0.1}}
+        """,
+    )
+    out = tmp_path / "sweep"
+    args = ["wandb-sweep", str(sweep), "--out", str(out), "--set", "epochs=1", *TINY]
+    assert main([*args, "--count", "2"]) == 0
+    recs = records(out)
+    assert len(recs) == 2 and all(r["state"] == "finished" for r in recs)
+    assert all(0.001 <= r["proposal"]["p"] <= 0.1 for r in recs)
+    assert len({r["proposal"]["p"] for r in recs}) == 2
+    assert len(find_runs(out / "runs")) == 2
+
+
+@pytest.mark.slow
+def test_conditional_grid_skips_duplicate_configs(tmp_path):
+    # W&B's grid crosses p with every method; for independent, p does not apply
+    sweep = sweep_file(
+        tmp_path,
+        """
+        name: cond
+        preset: tiny
+        method: grid
+        metric: {name: val/acc_avg, goal: maximize}
+        parameters:
+          method: {values: [independent, wash]}
+          p: {values: [0.01, 0.02]}
+        conditions:
+          p: {method: wash}
+        """,
+    )
+    out = tmp_path / "sweep"
+    assert main(["wandb-sweep", str(sweep), "--out", str(out), "--set", "epochs=1", *TINY]) == 0
+    recs = records(out)
+    assert len(recs) == 4
+    trained = [r for r in recs if r["state"] == "finished"]
+    assert len(trained) == 3 and [r["state"] for r in recs].count("duplicate") == 1
+    configs = {
+        (c["method"], c["p"])
+        for c in (read_json(Path(r["run_dir"]) / "config.json")["config"] for r in trained)
+    }
+    assert len(configs) == 3
+
+
+def test_bad_input_is_one_line(tmp_path, capsys, monkeypatch):
+    sweep = sweep_file(tmp_path, HYPERBAND_GRID.replace("method: grid", "method: random"))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    assert main(["wandb-sweep", str(sweep), "--online", "--count", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "needs WANDB_API_KEY" in err and "offline" in err and "\n" not in err
+    assert main(["wandb-sweep", str(sweep), "--out", str(tmp_path / "o")]) == 2
+    assert "needs --count K" in capsys.readouterr().err
