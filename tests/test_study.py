@@ -220,3 +220,48 @@ def test_failed_trial_is_recorded_and_the_study_goes_on(tmp_path):
     assert "needs n_members >= 2" in trials[0].user_attrs["fail_reason"]
     summary = json.loads((out / "study_summary.json").read_text())
     assert "needs n_members" in summary["failures"]["0"]
+
+
+@pytest.mark.slow
+def test_multi_objective_study_is_tracked_and_has_a_pareto_front(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    sweep = sweep_file(
+        tmp_path,
+        """
+        name: acc-bytes
+        preset: tiny
+        method: random
+        metric: {name: val/acc_avg, goal: maximize}
+        objectives:
+          - {name: val/acc_avg, goal: maximize}
+          - {name: comm/bytes_total, goal: minimize}
+        parameters:
+          method: {values: [wash, papa]}
+          p: {distribution: log_uniform_values, min: 0.001, max: 0.1}
+        conditions:
+          p: {method: wash}
+        """,
+    )
+    out = tmp_path / "study"
+    args = ["study", str(sweep), "--n-trials", "3", "--out", str(out), "--track", "mlflow"]
+    assert main([*args, "--set", "epochs=1", *TINY]) == 0
+    study = load(str(out / JOURNAL_NAME), "acc-bytes")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+    assert all(len(t.values) == 2 and not t.intermediate_values for t in study.trials)
+    summary = json.loads((out / "study_summary.json").read_text())
+    front = {r["number"] for r in summary["pareto_front"]}
+    assert front == {t.number for t in study.best_trials} and front
+
+    # MLflow: one parent run for the study, the trials nested under it, the summary on it
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    parents = [r for r in runs if r.data.tags.get("study") == "acc-bytes"]
+    assert len(parents) == 1
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 3
+    assert parent.data.metrics["study/pareto_size"] == len(front)
+    assert main(["study-report", "--out", str(out)]) == 0
+    assert (out / "pareto_front.png").stat().st_size > 10_000

@@ -407,6 +407,10 @@ def study_command(args: argparse.Namespace) -> int:
     name = args.study_name or spec.name
     out = Path(args.out or Path("runs") / "studies" / name)
     storage_url = args.storage or str(out / JOURNAL_NAME)
+    own_db = not (spec.base.get("mlflow_uri") or os.environ.get("MLFLOW_TRACKING_URI"))
+    if _tracks(spec, "mlflow") and own_db:
+        # the study's parent run and its trials in one database, so trials nest under it
+        spec = spec.with_overrides({"mlflow_uri": f"sqlite:///{out.resolve() / 'mlflow.db'}"})
     if args.workers < 1:
         raise ConfigError(f"--workers {args.workers}: must be >= 1")
     n_trials = target_trials(spec, args.n_trials)
@@ -443,6 +447,10 @@ def study_command(args: argparse.Namespace) -> int:
         if parent:
             parent.finish(status)
     return 0
+
+
+def _tracks(spec: SweepSpec, name: str) -> bool:
+    return name in [t.strip() for t in str(spec.base.get("track", "")).split(",")]
 
 
 def _start_parent(spec: SweepSpec, name: str, out: Path) -> Any:
