@@ -14,11 +14,12 @@ study is created once before any worker starts (workers racing on a fresh schema
 
 Each trial is `train_and_evaluate` in `<out>/trials/trial-<number>`; it reports the sweep's
 metric every epoch and may be pruned (single objective); several objectives use NSGA-II with no
-pruning. The cap `--n-trials K` counts trials that ended (complete, pruned, failed), across all
-workers: a file lock around "count, then create the next trial" keeps the workers of one machine
-from over-running it. A worker killed mid-trial stops beating its heartbeat; after the grace
-period another worker (or the next `study` command) marks that trial failed and enqueues a retry
-with the same parameters, which resumes from the killed trial's checkpoint. Optuna 5 has
+pruning. The cap `--n-trials K` counts trials that ended or run (complete, pruned, failed,
+running), across all workers: a lock around "count, then create the next trial" (a file lock on
+one machine, a PostgreSQL advisory lock across machines) keeps the workers from over-running it.
+A worker killed mid-trial stops beating its heartbeat; after the grace period another worker (or
+the next `study` command) marks that trial failed and enqueues a retry with the same parameters,
+which resumes from the killed trial's checkpoint. Optuna 5 has
 heartbeats only on RDB storages (SQLite, PostgreSQL); on the journal file this module keeps the
 heartbeat in a trial system attribute and fails stale trials itself, the same way.
 """
@@ -36,6 +37,7 @@ import sys
 import threading
 import time
 import warnings
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -223,15 +225,34 @@ def used_slots(trials: list[Any]) -> int:
 
 
 @contextlib.contextmanager
-def slot_lock(out: Path) -> Iterator[None]:
-    """Serialise "count the trials, then create one" among the processes of this machine."""
+def slot_lock(out: Path, storage: Any, study_name: str) -> Iterator[None]:
+    """Serialise "count the trials, then create one" among all workers: a file lock for the
+    processes of this machine, plus a PostgreSQL advisory lock for those of other machines."""
     out.mkdir(parents=True, exist_ok=True)
     with open(out / ".study.lock", "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            yield
+            with _pg_advisory_lock(storage, study_name):
+                yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _pg_advisory_lock(storage: Any, study_name: str) -> Iterator[None]:
+    engine = getattr(storage, "engine", None)
+    if engine is None or engine.dialect.name != "postgresql":
+        yield
+        return
+    from sqlalchemy import text
+
+    key = zlib.crc32(f"wash-sweeps:{study_name}".encode())  # stable across processes
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
 
 
 def fail_stale(study: Any, storage: Any, grace: int, max_retry: int) -> list[int]:
@@ -385,7 +406,7 @@ def work(
     """Run trials until the study holds `n_trials` ended or running trials; return how many ran."""
     ran = 0
     while True:
-        with slot_lock(out):
+        with slot_lock(out, storage, study.study_name):
             for n in fail_stale(study, storage, args.grace, args.max_retry):
                 print(
                     f"[{study.study_name}] trial {n}: no heartbeat for {args.grace} s, "
@@ -672,8 +693,9 @@ def _figures(study: Any, objectives: list[list[str]]) -> list[tuple[str, Any]]:
             lambda: vis.plot_param_importances(study, target=target, target_name=name),
         ),
     ]
-    params = {k for t in study.get_trials(states=(TrialState.COMPLETE,)) for k in t.params}
-    if {"p", "n_members"} <= params:
+    both = [t.params for t in study.get_trials(states=(TrialState.COMPLETE,))]
+    both = [q for q in both if "p" in q and "n_members" in q]  # p is often WASH-only
+    if all(len({q[k] for q in both}) >= 2 for k in ("p", "n_members")):
         figs.append(
             (
                 "contour_p_n_members.png",
