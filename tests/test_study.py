@@ -131,14 +131,31 @@ def postgres(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_two_workers_on_postgresql(tmp_path, postgres):
-    url = postgres.create_db("study_two_workers")
-    sweep, out = sweep_file(tmp_path, RANDOM), tmp_path / "study"
-    r = cli("study", str(sweep), "--n-trials", "4", "--workers", "2", "--out", str(out),
-            "--storage", url, "--pruner", "none", "--set", "epochs=1", *TINY)  # fmt: skip
+def test_two_machines_share_a_postgresql_study(tmp_path, postgres):
+    """The multi-machine recipe: create the study once, then one `study` command per machine,
+    each with its own output directory, all on the same PostgreSQL database."""
+    url = postgres.create_db("study_two_machines")
+    sweep = sweep_file(tmp_path, RANDOM)
+    common = ["study", str(sweep), "--n-trials", "4", "--storage", url, "--pruner", "none",
+              "--set", "epochs=1", *TINY]  # fmt: skip
+    r = cli(*common, "--out", str(tmp_path / "machine-a"), "--create-only")
     assert r.returncode == 0, r.stderr[-2000:]
+    machines = [
+        subprocess.Popen(
+            [sys.executable, "-m", "wash_sweeps", *common, "--out", str(tmp_path / m)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for m in ("machine-a", "machine-b")
+    ]
+    outputs = [m.communicate(timeout=240)[0] for m in machines]
+    assert [m.returncode for m in machines] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
     check_parallel_study(url, "rand", 4)
-    assert not (out / JOURNAL_NAME).exists()
+    for m in ("machine-a", "machine-b"):
+        assert (tmp_path / m / "study_summary.json").exists()
+        assert not (tmp_path / m / JOURNAL_NAME).exists()
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:

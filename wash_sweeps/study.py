@@ -94,6 +94,11 @@ def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
         help="seconds without a heartbeat after which a running trial is failed",
     )
     p.add_argument("--max-retry", type=int, default=2, help="retries of a killed trial")
+    p.add_argument(
+        "--create-only",
+        action="store_true",
+        help="create the storage and the study, then exit (once, before other machines start)",
+    )
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--mlflow-parent", default=None, help=argparse.SUPPRESS)
 
@@ -437,6 +442,9 @@ def study_command(args: argparse.Namespace) -> int:
     n_trials = target_trials(spec, args.n_trials)
     storage = open_storage(storage_url, args.heartbeat, args.grace, args.max_retry)
     study = load_or_create(storage, name, spec, args)
+    if args.create_only:
+        print(f"study {name!r} ready in {storage_url} ({n_trials} trials)")
+        return 0
     ctx = {"mlflow_parent": args.mlflow_parent, "heartbeat": args.heartbeat, "fixed": {}}
     if args.workers > 1 and spec.base.get("threads", 0) == 0:
         # W processes share the cores instead of each taking all of them
