@@ -81,6 +81,10 @@ def _e2e_table(e: dict) -> list[str]:
     ]
 
 
+def _opt(value: float | None, width: int) -> str:
+    return f"{value:{width}.3f}" if value is not None else f"{'-':>{width}}"
+
+
 def _dist_table(d: dict) -> list[str]:
     lines = ["## distributed exchange (gloo)"]
     if d.get("status") != "measured":
@@ -92,8 +96,8 @@ def _dist_table(d: dict) -> list[str]:
     for r in d["rows"]:
         lines.append(
             f"{r['model']:<11} {r['n_params']:>9} {r['procs']:>5} {r['method']:<12} "
-            f"{r['ms_per_step']:9.3f} {r.get('draw_ms_per_step', float('nan')):8.3f} "
-            f"{r['mb_per_step']:9.4f} {r.get('mb_counted_per_step', float('nan')):18.4f}"
+            f"{r['ms_per_step']:9.3f} {_opt(r.get('draw_ms_per_step'), 8)} "
+            f"{r['mb_per_step']:9.4f} {r['mb_counted_per_step']:18.4f}"
         )
     return lines
 
