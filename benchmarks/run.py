@@ -1,7 +1,7 @@
 """`wash-sweeps bench` (also `python -m benchmarks`): how fast the population trains, shuffles
 and communicates, measured side by side (warm-up, interleaved repeats, medians of ratios).
 
-    wash-sweeps bench                       # small models, ResNet-18 shuffle; a few minutes
+    wash-sweeps bench                       # small models, ResNet-18 comm row; ~6 min
     wash-sweeps bench --tiny                # seconds: what CI runs (numbers not meaningful)
     wash-sweeps bench --full                # + ResNet-18/20 steps, the demo run once (long)
     wash-sweeps bench --only comm --out bench.json
@@ -35,7 +35,7 @@ def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
     mode.add_argument(
         "--full", action="store_true", help="also the ResNet steps and the demo run once (slow)"
     )
-    p.add_argument("--out", default="bench.json", help="JSON file of every measured number")
+    p.add_argument("--out", default="runs/bench.json", help="JSON file of every measured number")
     p.add_argument("--only", choices=SECTIONS, action="append", help="run only this section")
     p.add_argument("--repeats", type=int, default=None, help="interleaved repeats per section")
     # one thread by default: on a shared 2-core machine a 2-thread OpenMP region waits for its
