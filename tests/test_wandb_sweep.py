@@ -127,3 +127,18 @@ def test_bad_input_is_one_line(tmp_path, capsys, monkeypatch):
     assert "needs WANDB_API_KEY" in err and "offline" in err and "\n" not in err
     assert main(["wandb-sweep", str(sweep), "--out", str(tmp_path / "o")]) == 2
     assert "needs --count K" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_agent_run_trains_what_the_agent_proposes(tmp_path, monkeypatch):
+    # what `wandb agent` runs on each machine: the sweep's command with key=value arguments
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_RUN_ID", "abc123")
+    sweep = sweep_file(tmp_path, HYPERBAND_GRID)
+    out = tmp_path / "agent"
+    argv = ["wandb-sweep", "--agent-run", "--set=epochs=1", "--set=n_train=256", "--out", str(out)]
+    assert main([*argv, str(sweep), "preset=tiny", "method=independent", "lr=0.05"]) == 0
+    cfg = read_json(out / "runs" / "abc123" / "config.json")["config"]
+    assert (cfg["lr"], cfg["epochs"], cfg["group"], cfg["track"]) == (0.05, 1, "hb", "wandb")
+    assert len(find_runs(out / "runs" / "abc123")) == 1
+    assert main([*argv, str(sweep), "colour=red"]) == 2  # not a parameter of the sweep

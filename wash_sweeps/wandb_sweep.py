@@ -15,7 +15,7 @@ continues an interrupted sweep.
 Online (WANDB_API_KEY set): `--online` creates the sweep on W&B and runs `wandb agent` here for
 `--count` runs; it prints the `wandb agent ENTITY/PROJECT/ID` command to start agents on other
 machines (from a checkout of this repository, with the same environment). The agent runs
-`python -m wash_sweeps wandb-sweep SWEEP_FILE --agent-run key=value ...` for each proposal.
+`python -m wash_sweeps wandb-sweep --agent-run SWEEP_FILE key=value ...` for each proposal.
 
 W&B has no conditional parameters: its agent samples every parameter and the trial drops the
 values that do not apply (`p` when the method is not WASH, ...); the offline controller skips a
@@ -268,9 +268,9 @@ def online_sweep(spec: SweepSpec, args: argparse.Namespace) -> int:
 
     config = spec.wandb_config()
     config["command"] = [
-        "${env}", "${interpreter}", "-m", "wash_sweeps", "wandb-sweep", spec.path, "--agent-run",
+        "${env}", "${interpreter}", "-m", "wash_sweeps", "wandb-sweep", "--agent-run",
         *[f"--set={k}={v}" for k, v in parse_overrides(args.overrides).items()],
-        "${args_no_hyphens}",
+        spec.path, "${args_no_hyphens}",  # positionals together: argparse takes them in one go
     ]  # fmt: skip
     project = args.project or spec.resolve({}).project
     sweep_id = wandb.sweep(config, project=project, entity=args.entity or None)
