@@ -168,8 +168,12 @@ def wait_for(predicate, timeout: float, what: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["sqlite", "journal"])
-def test_killed_worker_trial_is_retried_from_its_checkpoint(tmp_path, kind):
+@pytest.mark.parametrize(
+    ("kind", "sig"),
+    [("sqlite", signal.SIGKILL), ("journal", signal.SIGKILL), ("journal", signal.SIGINT)],
+    ids=["sqlite-kill9", "journal-kill9", "journal-ctrl-c"],
+)
+def test_killed_worker_trial_is_retried_from_its_checkpoint(tmp_path, kind, sig):
     sweep, out = sweep_file(tmp_path, RANDOM), tmp_path / "study"
     storage = f"sqlite:///{tmp_path / 'study.db'}" if kind == "sqlite" else str(out / "j.log")
     cmd = [sys.executable, "-m", "wash_sweeps", "study", str(sweep), "--n-trials", "1",
@@ -181,11 +185,15 @@ def test_killed_worker_trial_is_retried_from_its_checkpoint(tmp_path, kind):
     try:
         wait_for(ckpt.exists, 120, "the first checkpoint of trial 0")
     finally:
-        os.kill(worker.pid, signal.SIGKILL)  # mid-trial: no chance to clean up
-        worker.wait()
-    study = load(storage, "rand")
-    assert study.trials[0].state == TrialState.RUNNING  # left behind by the dead worker
-    time.sleep(3)  # past the grace period: its heartbeat is stale
+        os.kill(worker.pid, sig)  # mid-trial
+        worker.communicate(timeout=60)
+    first = load(storage, "rand").trials[0]
+    if sig == signal.SIGKILL:
+        assert first.state == TrialState.RUNNING  # left behind by the dead worker
+        time.sleep(3)  # past the grace period: its heartbeat is stale
+    else:  # Ctrl-C fails the trial and queues its retry at once
+        assert worker.returncode == 130
+        assert first.state == TrialState.FAIL and first.user_attrs["fail_reason"] == "interrupted"
 
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]

@@ -368,6 +368,14 @@ def run_trial(
         else:
             note = f"non-finite objective {values}"
             trial.set_user_attr(FAIL_REASON, note)
+    except KeyboardInterrupt:
+        # Ctrl-C: fail the trial and queue its retry now, so the same command resumes it from
+        # its checkpoint without waiting for the heartbeat's grace period
+        trial.set_user_attr(FAIL_REASON, "interrupted")
+        study.tell(trial, state=TrialState.FAIL)
+        retry = RetryHeartbeatStaleTrialCallback(ctx["max_retry"], inherit_intermediate_values=True)
+        retry(study, storage.get_trial(trial._trial_id))
+        raise
     except optuna.TrialPruned as e:
         state, note = TrialState.PRUNED, str(e)
     except (ConfigError, DivergedError, ValueError) as e:
@@ -408,7 +416,12 @@ def _reporter(trial: Any, spec: SweepSpec):
 def work(
     study: Any, storage: Any, spec: SweepSpec, out: Path, n_trials: int, args: Any, ctx: dict
 ) -> int:
-    """Run trials until the study holds `n_trials` ended or running trials; return how many ran."""
+    """Run trials until the study holds `n_trials` ended trials; return how many ran here.
+
+    When the cap is reached while other trials still run, wait for them: one of them may belong
+    to a dead worker, and its retry (once its heartbeat is stale) is this worker's to run."""
+    from optuna.trial import TrialState
+
     ran = 0
     while True:
         with slot_lock(out, storage, study.study_name):
@@ -418,9 +431,14 @@ def work(
                     "failed, retry queued",
                     flush=True,
                 )
-            if used_slots(study.get_trials(deepcopy=False)) >= n_trials:
+            trials = study.get_trials(deepcopy=False)
+            full = used_slots(trials) >= n_trials
+            if full and not any(t.state == TrialState.RUNNING for t in trials):
                 return ran
-            trial = study.ask()
+            trial = None if full else study.ask()
+        if trial is None:
+            time.sleep(args.heartbeat)
+            continue
         run_trial(study, storage, trial, spec, out, ctx)
         ran += 1
 
@@ -445,7 +463,12 @@ def study_command(args: argparse.Namespace) -> int:
     if args.create_only:
         print(f"study {name!r} ready in {storage_url} ({n_trials} trials)")
         return 0
-    ctx = {"mlflow_parent": args.mlflow_parent, "heartbeat": args.heartbeat, "fixed": {}}
+    ctx = {
+        "mlflow_parent": args.mlflow_parent,
+        "heartbeat": args.heartbeat,
+        "max_retry": args.max_retry,
+        "fixed": {},
+    }
     if args.workers > 1 and spec.base.get("threads", 0) == 0:
         # W processes share the cores instead of each taking all of them
         ctx["fixed"]["threads"] = max(1, (os.cpu_count() or 1) // args.workers)
