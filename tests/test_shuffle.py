@@ -116,3 +116,29 @@ def test_layer_schedules():
 def test_expected_fraction():
     segs = [Segment(0, 100, 0.1), Segment(100, 300, 0.0)]
     assert expected_fraction(segs) == pytest.approx(0.1 * 100 / 400)
+
+
+def test_each_segment_is_selected_at_its_own_rate():
+    # thinning from the largest p: each segment's count must still be Binomial(d_l, p_l)
+    segs = [
+        Segment(0, 20_000, 0.04),
+        Segment(20_000, 30_000, 0.01),
+        Segment(50_000, 10_000, 0.0),
+        Segment(60_000, 40_000, 0.002),
+    ]
+    rng = np.random.default_rng(13)
+    counts = np.zeros(len(segs))
+    n_draws = 100
+    for _ in range(n_draws):
+        idx = draw_plan(segs, 3, rng).index.numpy()
+        for i, s in enumerate(segs):
+            counts[i] += ((idx >= s.offset) & (idx < s.offset + s.size)).sum()
+    for c, s in zip(counts, segs, strict=True):
+        mean, sd = s.size * s.p, math.sqrt(s.size * s.p * (1 - s.p) / n_draws)
+        assert abs(c / n_draws - mean) <= 4 * sd + 1e-9, (s, c / n_draws)
+
+
+def test_large_population_uses_argsort_permutations():
+    plan = draw_plan([Segment(0, 5000, 0.2)], 12, np.random.default_rng(0))
+    assert plan.perm.shape[1] == 12
+    assert torch.equal(plan.perm.sort(1).values, torch.arange(12).expand_as(plan.perm))

@@ -14,6 +14,8 @@ the values.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -54,6 +56,23 @@ class ShufflePlan:
     def to(self, device: torch.device | str) -> ShufflePlan:
         return ShufflePlan(self.index.to(device), self.perm.to(device))
 
+    def linear_moves(
+        self, row_length: int, device: torch.device | str = "cpu"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(dst, src) positions in a flattened contiguous (N, row_length) tensor for every
+        (coordinate, receiver); fixed points (s(i) = i) are included, rewriting a value with
+        itself, because masking them out costs more than it saves. Cached per (row length,
+        device): the weights and each optimizer-state tensor reuse them."""
+        key = (row_length, str(device))
+        cache = self.__dict__.setdefault("_moves", {})
+        if key not in cache:
+            n = self.perm.shape[1]
+            receiver = torch.arange(n, dtype=self.perm.dtype) * row_length
+            dst = (receiver[None, :] + self.index[:, None]).view(-1)
+            src = (self.perm * row_length + self.index[:, None]).view(-1)
+            cache[key] = (dst.to(device), src.to(device))
+        return cache[key]
+
 
 def layer_probabilities(
     layer_of_segment: Sequence[int], p: float, schedule: str, n_layers: int | None = None
@@ -72,45 +91,74 @@ def layer_probabilities(
     raise ValueError(f"layer schedule {schedule!r}: allowed values are uniform, linear")
 
 
-def _distinct_indices(rng: np.random.Generator, size: int, k: int) -> np.ndarray:
-    """k distinct integers from [0, size), uniformly over k-subsets, without an O(size) mask
-    when k is small."""
-    if k == 0:
+def _select(segments: Sequence[Segment], rng: np.random.Generator) -> np.ndarray:
+    """Sorted flat coordinates, each selected independently with its segment's p_l.
+
+    Geometric skips at the largest probability q draw candidates (each coordinate a candidate
+    with probability q, in O(k) work, never a mask over every coordinate); each candidate is then
+    kept with probability p_l / q. Kept coordinates are exactly Bernoulli(p_l) and independent,
+    so their count per segment is Binomial(d_l, p_l) and, given the count, the set is uniform:
+    the k ~ Binomial, k distinct indices recipe, in a handful of vectorised calls whatever the
+    number of layers."""
+    segs = sorted((s for s in segments if s.p > 0 and s.size > 0), key=lambda s: s.offset)
+    if not segs:
         return np.empty(0, np.int64)
-    if k * 4 > size:  # dense: a permutation prefix is as cheap as anything
-        return rng.permutation(size)[:k].astype(np.int64)
-    chosen = np.unique(rng.integers(0, size, size=k + k // 8 + 8))
-    while chosen.size < k:
-        extra = rng.integers(0, size, size=(k - chosen.size) * 2 + 8)
-        chosen = np.unique(np.concatenate([chosen, extra]))
-    # drop a uniformly random surplus so that every k-subset stays equally likely
-    if chosen.size > k:
-        chosen = rng.choice(chosen, size=k, replace=False)
-    return np.sort(chosen).astype(np.int64)
+    ends = np.array([s.offset + s.size for s in segs], np.int64)
+    starts = np.array([s.offset for s in segs], np.int64)
+    probs = np.array([min(s.p, 1.0) for s in segs])
+    q, lo, hi = float(probs.max()), int(starts.min()), int(ends.max())
+    span = hi - lo
+    if q >= 1.0:
+        cand = np.arange(lo, hi, dtype=np.int64)
+    else:
+        mean = span * q
+        n_draw = int(mean + 6 * np.sqrt(mean) + 16)
+        pos = np.cumsum(rng.geometric(q, size=n_draw)) - 1
+        while pos[-1] < span:  # rare: the first draw fell short of the span
+            pos = np.concatenate([pos, pos[-1] + np.cumsum(rng.geometric(q, size=n_draw))])
+        cand = pos[pos < span] + lo
+    seg = np.searchsorted(ends, cand, side="right")  # segment of each candidate (or a gap)
+    inside = (seg < len(segs)) & (cand >= starts[np.minimum(seg, len(segs) - 1)])
+    cand, seg = cand[inside], seg[inside]
+    ratio = probs[seg] / q
+    if (ratio < 1.0).any():
+        keep = rng.random(cand.size) < ratio
+        cand = cand[keep]
+    return cand
+
+
+_PERM_TABLE_MAX_N = 8  # 8! = 40320 rows: a table beats an argsort per coordinate
+
+
+@functools.lru_cache(maxsize=8)
+def _perm_table(n: int) -> np.ndarray:
+    return np.array(list(itertools.permutations(range(n))), np.int64)
+
+
+def _permutations(rng: np.random.Generator, k: int, n: int) -> np.ndarray:
+    """k independent uniform permutations of {0..n-1}, one per row."""
+    if n <= _PERM_TABLE_MAX_N:
+        table = _perm_table(n)
+        return table[rng.integers(0, len(table), size=k)]
+    return np.argsort(rng.random((k, n)), axis=1, kind="stable")
 
 
 def draw_plan(segments: Sequence[Segment], n_members: int, rng: np.random.Generator) -> ShufflePlan:
-    """Draw the coordinates (k ~ Binomial(d_l, p_l), then k distinct indices per segment) and one
-    uniform permutation per coordinate (argsort of a (k, N) uniform matrix)."""
-    parts = []
-    for seg in segments:
-        if seg.p <= 0.0 or seg.size == 0:
-            continue
-        k = int(rng.binomial(seg.size, min(seg.p, 1.0)))
-        if k:
-            parts.append(_distinct_indices(rng, seg.size, k) + seg.offset)
-    index = np.concatenate(parts) if parts else np.empty(0, np.int64)
-    perm = np.argsort(rng.random((index.size, n_members)), axis=1, kind="stable")
-    return ShufflePlan(torch.from_numpy(index), torch.from_numpy(perm.astype(np.int64)))
+    """Draw the coordinates (each independently with its p_l) and one uniform permutation of the
+    N members per selected coordinate."""
+    index = _select(segments, rng)
+    perm = _permutations(rng, index.size, n_members)
+    return ShufflePlan(torch.from_numpy(index), torch.from_numpy(perm))
 
 
 def apply_plan(flat: torch.Tensor, plan: ShufflePlan) -> None:
-    """In place on a (N, P) tensor: flat[i, index[j]] <- flat[perm[j, i], index[j]]."""
+    """In place on a contiguous (N, P) tensor: flat[i, index[j]] <- flat[perm[j, i], index[j]]
+    (one gather, one scatter over precomputed flat positions)."""
     if plan.n_selected == 0:
         return
-    index = plan.index.to(flat.device)
-    values = flat[:, index]  # (N, k)
-    flat[:, index] = torch.gather(values, 0, plan.perm.to(flat.device).T)
+    dst, src = plan.linear_moves(flat.shape[1], flat.device)
+    view = flat.view(-1)
+    view.index_copy_(0, dst, view.index_select(0, src))
 
 
 def shuffle_(
