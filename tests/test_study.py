@@ -224,8 +224,9 @@ def test_bad_input_is_one_line(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_failed_trial_is_recorded_and_the_study_goes_on(tmp_path):
-    # n_members 1 is fine for independent but not for WASH: a bad sampled combination
+def test_failed_trials_are_recorded_and_the_study_goes_on(tmp_path):
+    # n_members 1 is fine for independent but not for WASH (a bad sampled combination), and
+    # lr 1e9 makes the loss NaN (DivergedError)
     sweep = sweep_file(
         tmp_path,
         """
@@ -236,15 +237,20 @@ def test_failed_trial_is_recorded_and_the_study_goes_on(tmp_path):
         parameters:
           method: {values: [wash, independent]}
           n_members: {values: [1]}
+          lr: {values: [0.05, 1000000000.0]}
+        conditions:
+          lr: {method: independent}
         """,
     )
     out = tmp_path / "o"
     assert main(["study", str(sweep), "--out", str(out), "--set", "epochs=1", *TINY]) == 0
     trials = load(str(out / JOURNAL_NAME), "bad-combo").trials
-    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.FAIL]
     assert "needs n_members >= 2" in trials[0].user_attrs["fail_reason"]
+    assert trials[2].user_attrs["fail_reason"].startswith("DivergedError: training loss is nan")
     summary = json.loads((out / "study_summary.json").read_text())
-    assert "needs n_members" in summary["failures"]["0"]
+    assert set(summary["failures"]) == {"0", "2"}
+    assert summary["best_trial"]["number"] == 1
 
 
 @pytest.mark.slow
