@@ -74,7 +74,8 @@ def cli(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_study_prunes_and_continues_where_it_stopped(tmp_path, capsys):
     sweep, out = sweep_file(tmp_path, PRUNE_GRID), tmp_path / "study"
-    args = ["study", str(sweep), "--out", str(out), "--set", "epochs=3", *TINY]
+    args = ["study", str(sweep), "--out", str(out), "--pruner", "median", "--set", "epochs=3"]
+    args += TINY
     assert main([*args, "--n-trials", "2"]) == 0  # interrupted after 2 trials of the grid
     storage = str(out / JOURNAL_NAME)
     first = load(storage, "prune-grid").trials  # the grid's points wait in the queue

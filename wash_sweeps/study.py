@@ -74,7 +74,7 @@ def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
         "--pruner",
         choices=("auto", "median", "hyperband", "none"),
         default="auto",
-        help="auto: hyperband if the file has early_terminate, else median",
+        help="auto: hyperband if the file has early_terminate, none for a grid, else median",
     )
     p.add_argument(
         "--set",
@@ -168,7 +168,9 @@ def make_sampler(spec: SweepSpec, seed: int) -> Any:
 def make_pruner(spec: SweepSpec, name: str) -> Any:
     import optuna
 
-    if spec.multi_objective or name == "none":
+    # a grid is a comparison (methods x seeds): every point runs to the end unless asked
+    auto_off = name == "auto" and spec.method == "grid" and not spec.early_terminate
+    if spec.multi_objective or name == "none" or auto_off:
         return optuna.pruners.NopPruner()
     et = spec.early_terminate
     if name == "hyperband" or (name == "auto" and et):
