@@ -272,7 +272,9 @@ def fig_accuracy_vs_bytes(runs: pd.DataFrame, out: Path) -> dict[str, Any]:
         method, p = info[lab]
         main = method != "wash" or lab in main_wash
         # WASH variants off the main grid (the ablation) keep their full label and own marker
-        name, marker = (_short(lab, method, p), "o") if main else (lab, next(other_markers, "x"))
+        name, marker = (_short(lab, method, p), "o")
+        if not main:
+            name, marker = lab.replace("wash", "WASH", 1), next(other_markers, "x")
         color = label_color(lab, method, wash_ps, p)
         ax.errorbar(x[i], acc[i], yerr=err[i], marker=marker, capsize=3, linestyle="none",
                     color=color, label=name)  # fmt: skip
