@@ -442,7 +442,7 @@ def work(
                 return ran
             trial = None if full else study.ask()
         if trial is None:
-            time.sleep(args.heartbeat)
+            time.sleep(min(args.heartbeat, 1))  # a cheap storage read per second
             continue
         run_trial(study, storage, trial, spec, out, ctx)
         ran += 1
