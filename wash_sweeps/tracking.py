@@ -349,7 +349,9 @@ class WandbTracker(Tracker):
         self.run.config.update({k.replace("prov/", "provenance/"): v for k, v in tags.items()})
 
     def finish(self, status="FINISHED"):
-        self.run.finish(exit_code=0 if status == "FINISHED" else 1)
+        # a run stopped by its sweep (KILLED) ended as asked: exit 0, the status in the summary
+        self.run.summary["run/status"] = status
+        self.run.finish(exit_code=0 if status in ("FINISHED", "KILLED") else 1)
 
 
 def _alpha(i: int, n: int) -> float:

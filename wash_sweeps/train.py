@@ -45,6 +45,10 @@ from .tracking import Tracker, make_tracker
 OnEpoch = Callable[[int, dict[str, float]], None]
 
 
+class StoppedByCaller(Exception):
+    """Carries the exception `on_epoch` raised (a pruning or early stop) out of the loop."""
+
+
 class DivergedError(RunFailure):
     """The training loss became NaN or infinite."""
 
@@ -448,6 +452,9 @@ def train_and_evaluate(
         summary = _loop(run, on_epoch)
         status = "FINISHED"
         return summary
+    except StoppedByCaller as stop:
+        status = "KILLED"  # pruned or stopped by a sweep: not a failure of the run
+        raise stop.__cause__ from None
     finally:
         run.tracker.finish(status)
 
@@ -481,7 +488,10 @@ def _loop(run: Run, on_epoch: OnEpoch | None) -> dict[str, Any]:
             if cfg.checkpoint_every and (st.epoch % cfg.checkpoint_every == 0 or last):
                 _save(run)
             if on_epoch is not None and record is not None and record["epoch"] == st.epoch:
-                on_epoch(st.epoch, record["metrics"])
+                try:
+                    on_epoch(st.epoch, record["metrics"])
+                except Exception as e:
+                    raise StoppedByCaller from e
     if not final_done:
         record = evaluate(run, train_loss, final=True)
         _record(run, record, None)
