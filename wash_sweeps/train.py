@@ -466,7 +466,8 @@ def _loop(run: Run, on_epoch: OnEpoch | None) -> dict[str, Any]:
         initial=st.step,
         desc=cfg.run_name or cfg.default_run_name,
         unit="step",
-        disable=not cfg.progress or run.run_dir is None,
+        # None: tqdm draws only on a terminal, so logs of batch jobs stay readable
+        disable=None if (cfg.progress and run.run_dir is not None) else True,
         leave=False,
     )
     record: dict[str, Any] | None = None
