@@ -342,38 +342,46 @@ def _check_cross_fields(c: TrainConfig) -> None:
 
 # --- presets: deltas over the default ---------------------------------------------------------
 
+# the small-model recipe of method.md's prototype: SGD 0.05 cosine, uniform p with the optimizer
+# state shuffled along, no shuffle in the last 10% of steps, PAPA's pull scaled to short schedules
+_SMALL = dict(
+    lr=0.05,
+    weight_decay=5e-4,
+    p=0.01,
+    layer_schedule="uniform",
+    shuffle_optimizer_state=True,
+    shuffle_until=0.9,
+    papa_rate=0.1,
+)
+# MNIST-1D's 1-D CNN: 30 steps/epoch at batch 128; at 32 channels every method lands 3-20
+# points lower (docs/LOG.md)
+_MNIST1D = dict(_SMALL, dataset="mnist1d", model="cnn1d", width=64, batch_size=128)
+# PAPA's CIFAR protocol (method.md): ResNet-18, SGD 0.1, batch 64, random crop + flip, N=5;
+# evaluation sparser and barriers only at the end, since a CPU/GPU eval of 5 ResNets is costly
+_CIFAR = dict(
+    model="resnet18",
+    epochs=300,
+    batch_size=64,
+    lr=0.1,
+    momentum=0.9,
+    augment=True,
+    n_members=5,
+    p=0.001,
+    layer_schedule="linear",
+    papa_rate=0.01,
+    papa_every=10,
+    papa_all_every=5,
+    eval_every=5,
+    barrier_every=0,
+    eval_batch_size=500,
+    barrier_pairs=2,
+)
+
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
-    # MNIST-1D, 1-D CNN: the CPU-scale protocol. 30 steps/epoch at batch 128.
-    "mnist1d-fast": dict(
-        dataset="mnist1d",
-        model="cnn1d",
-        width=64,  # at 32 channels every method lands 3-20 points lower (docs/LOG.md)
-        epochs=40,
-        batch_size=128,
-        lr=0.05,
-        weight_decay=5e-4,
-        p=0.01,
-        layer_schedule="uniform",
-        shuffle_optimizer_state=True,
-        shuffle_until=0.9,
-        papa_rate=0.1,
-    ),
+    "mnist1d-fast": dict(_MNIST1D, epochs=40),
     # the longer schedule where the prototype saw WASH's average close to PAPA's
-    "mnist1d": dict(
-        dataset="mnist1d",
-        model="cnn1d",
-        width=64,  # at 32 channels every method lands 3-20 points lower (docs/LOG.md)
-        epochs=120,
-        batch_size=128,
-        lr=0.05,
-        weight_decay=5e-4,
-        p=0.01,
-        layer_schedule="uniform",
-        shuffle_optimizer_state=True,
-        shuffle_until=0.9,
-        papa_rate=0.1,
-    ),
+    "mnist1d": dict(_MNIST1D, epochs=120),
     # seconds, for tests and smoke runs
     "tiny": dict(
         dataset="mnist1d",
@@ -389,80 +397,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         progress=False,
     ),
     "digits": dict(
+        _SMALL,
         dataset="digits",
         model="cnn_digits",
         epochs=30,
         batch_size=64,
-        lr=0.05,
-        weight_decay=5e-4,
-        p=0.01,
-        layer_schedule="uniform",
-        shuffle_optimizer_state=True,
-        shuffle_until=0.9,
-        papa_rate=0.1,
         held_out_fraction=0.05,
     ),
-    # PAPA's CIFAR protocol (method.md): ResNet-18, SGD 0.1, batch 64, 300 epochs, N=5
-    "cifar10-resnet18": dict(
-        dataset="cifar10",
-        model="resnet18",
-        epochs=300,
-        batch_size=64,
-        lr=0.1,
-        momentum=0.9,
-        weight_decay=1e-4,
-        augment=True,
-        n_members=5,
-        p=0.001,
-        layer_schedule="linear",
-        papa_rate=0.01,
-        papa_every=10,
-        papa_all_every=5,
-        eval_every=5,
-        barrier_every=0,
-        eval_batch_size=500,
-        barrier_pairs=2,
-    ),
-    "cifar100-resnet18": dict(
-        dataset="cifar100",
-        model="resnet18",
-        epochs=300,
-        batch_size=64,
-        lr=0.1,
-        momentum=0.9,
-        weight_decay=5e-4,
-        augment=True,
-        n_members=5,
-        p=0.001,
-        layer_schedule="linear",
-        papa_rate=0.01,
-        papa_every=10,
-        papa_all_every=5,
-        eval_every=5,
-        barrier_every=0,
-        eval_batch_size=500,
-        barrier_pairs=2,
-    ),
-    # a short CIFAR-10 schedule for a quick GPU check; PAPA's rate scaled to 10 epochs
-    "cifar10-short": dict(
-        dataset="cifar10",
-        model="resnet18",
-        epochs=10,
-        batch_size=64,
-        lr=0.1,
-        weight_decay=5e-4,
-        augment=True,
-        n_members=5,
-        p=0.01,
-        layer_schedule="uniform",
-        shuffle_optimizer_state=True,
-        shuffle_until=0.9,
-        papa_rate=0.1,
-        eval_every=2,
-        barrier_every=0,
-        eval_batch_size=500,
-        barrier_pairs=2,
-    ),
+    "cifar10-resnet18": dict(_CIFAR, dataset="cifar10", weight_decay=1e-4),
+    "cifar100-resnet18": dict(_CIFAR, dataset="cifar100", weight_decay=5e-4),
+    # a short CIFAR-10 schedule for a quick GPU check, with the small-model WASH/PAPA recipe
+    "cifar10-short": _CIFAR | _SMALL | dict(dataset="cifar10", epochs=10, eval_every=2, lr=0.1),
 }
 
 
