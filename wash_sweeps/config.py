@@ -426,13 +426,13 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", default=None, help="YAML file of field: value (may name a preset)"
     )
+    add_set_argument(parser, "override one config field (repeatable); see `wash-sweeps fields`")
+
+
+def add_set_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    """The repeatable `--set FIELD=VALUE` flag (read back with `parse_overrides`)."""
     parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="override one config field (repeatable); see `wash-sweeps fields`",
+        "--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE", help=help
     )
 
 

@@ -42,7 +42,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, TrainConfig, parse_overrides
+from .config import ConfigError, TrainConfig, add_set_argument, parse_overrides
 from .results import write_json
 from .sweep_spec import SweepSpec, load_spec
 
@@ -76,14 +76,7 @@ def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
         default="auto",
         help="auto: hyperband if the file has early_terminate, none for a grid, else median",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="fix a config field for every trial (repeatable)",
-    )
+    add_set_argument(p, "fix a config field for every trial (repeatable)")
     p.add_argument("--track", default=None, help="trackers for each trial: wandb,mlflow")
     p.add_argument("--seed", type=int, default=0, help="sampler seed")
     p.add_argument("--heartbeat", type=int, default=10, help="seconds between trial heartbeats")

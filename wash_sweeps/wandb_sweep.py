@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, check_field, parse_overrides
+from .config import ConfigError, add_set_argument, check_field, parse_overrides
 from .results import iter_jsonl, write_json
 from .sweep_spec import SweepSpec, load_spec
 
@@ -52,14 +52,7 @@ def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--project", default=None, help="W&B project (default: the config's project)")
     p.add_argument("--entity", default=None, help="W&B entity (online)")
     p.add_argument("--out", default=None, help="output dir (default runs/wandb-sweeps/NAME)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="fix a config field for every run (repeatable)",
-    )
+    add_set_argument(p, "fix a config field for every run (repeatable)")
     p.add_argument("--seed", type=int, default=0, help="seed of random/bayes proposals (offline)")
     p.add_argument("--agent-run", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("assignments", nargs="*", help=argparse.SUPPRESS)
