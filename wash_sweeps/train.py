@@ -442,11 +442,10 @@ def train_and_evaluate(
             return read_json(run.run_dir.summary_path)  # already finished: nothing to redo
         if run.run_dir:
             run.run_dir.truncate_metrics(run.state.step)
+    quantities = derived(run)
     if run.run_dir:
-        run.run_dir.write_config(cfg.to_dict(), derived(run))
-    run.tracker.log_params(
-        {**cfg.to_dict(), **{f"derived/{k}": v for k, v in derived(run).items()}}
-    )
+        run.run_dir.write_config(cfg.to_dict(), quantities)
+    run.tracker.log_params({**cfg.to_dict(), **{f"derived/{k}": v for k, v in quantities.items()}})
     status = "FAILED"
     try:
         summary = _loop(run, on_epoch)
