@@ -3,15 +3,17 @@
 - samples/s of a full short run (training samples over training time, as the run reports it,
   and over the whole wall time including data generation, evaluation and checkpoints);
 - the default demo (`wash-sweeps demo`: independent, papa, wash on mnist1d-fast, 40 epochs).
-  In --full mode it is run once and timed. Otherwise each method is run for e1 and e2 epochs and
-  the demo's time is extrapolated linearly, t(40) = t(e1) + (40 - e1) (t(e2) - t(e1)) / (e2 - e1):
-  every epoch costs the same (train + evaluate + checkpoint), the rest is a fixed set-up cost.
+  In --full mode it is run once and timed. Otherwise each method is warmed up once, then run for
+  e1 and e2 epochs in interleaved rounds, and the demo's time is extrapolated linearly from the
+  medians, t(40) = t(e1) + (40 - e1) (t(e2) - t(e1)) / (e2 - e1): every epoch costs the same
+  (train + evaluate + checkpoint), the rest is a fixed set-up cost.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -51,24 +53,37 @@ def bench_run(preset: str, epochs: int, workdir: Path, **overrides: Any) -> dict
 
 
 def demo_extrapolated(
-    preset: str, e1: int, e2: int, target: int, workdir: Path, **overrides: Any
+    preset: str, e1: int, e2: int, target: int, workdir: Path, repeats: int = 3, **overrides: Any
 ) -> dict[str, Any]:
-    per_method = {}
+    """Each method once untimed (first-call costs: imports, cached shuffle tables), then `repeats`
+    interleaved rounds of (e1, e2) epochs; the slope and the times are medians over the rounds."""
+
+    def run(method: str, epochs: int, tag: str) -> float:
+        cfg = TrainConfig.from_preset(
+            preset, method=method, epochs=epochs, progress=False, out_dir=str(workdir), **overrides
+        )
+        return timed_run(cfg, workdir / f"demo-{method}-{epochs}-{tag}")[0]
+
     for method in DEMO_METHODS:
-        t = {}
-        for e in (e1, e2):
-            cfg = TrainConfig.from_preset(
-                preset, method=method, epochs=e, progress=False, out_dir=str(workdir), **overrides
-            )
-            t[e], _ = timed_run(cfg, workdir / f"demo-{method}-{e}")
-        per_epoch = (t[e2] - t[e1]) / (e2 - e1)
+        run(method, e1, "warmup")
+    times: dict[str, dict[int, list[float]]] = {m: {e1: [], e2: []} for m in DEMO_METHODS}
+    for r in range(repeats):
+        for method in DEMO_METHODS:
+            for e in (e1, e2):
+                times[method][e].append(run(method, e, str(r)))
+    per_method = {}
+    for method, t in times.items():
+        slopes = [(b - a) / (e2 - e1) for a, b in zip(t[e1], t[e2], strict=True)]
+        per_epoch = statistics.median(slopes)
+        t1 = statistics.median(t[e1])
         per_method[method] = {
             "epoch_s": per_epoch,
-            "fixed_s": t[e1] - e1 * per_epoch,
-            "estimate_s": t[e1] + (target - e1) * per_epoch,
+            "fixed_s": t1 - e1 * per_epoch,
+            "estimate_s": t1 + (target - e1) * per_epoch,
         }
     return {
-        "how": f"extrapolated from {e1} and {e2} epochs of {preset} to {target}",
+        "how": f"extrapolated from {e1} and {e2} epochs of {preset} to {target} "
+        f"(medians of {repeats} interleaved rounds after a warm-up)",
         "preset": preset,
         "epochs": target,
         "per_method": per_method,
@@ -97,7 +112,7 @@ def bench_e2e(tiny: bool, full: bool, workdir: Path) -> dict[str, Any]:
     if tiny:
         return {
             "run": bench_run("tiny", 2, workdir, **_TINY),
-            "demo": demo_extrapolated("tiny", 1, 2, 40, workdir, **_TINY),
+            "demo": demo_extrapolated("tiny", 1, 4, 40, workdir, **_TINY),
         }
     return {
         "run": bench_run("mnist1d-fast", 3, workdir),
