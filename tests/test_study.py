@@ -297,5 +297,15 @@ def test_multi_objective_study_is_tracked_and_has_a_pareto_front(tmp_path, monke
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == 3
     assert parent.data.metrics["study/pareto_size"] == len(front)
+
+    # the same command with a larger cap continues the study under the same parent run
+    assert main([*args[:3], "4", *args[4:], "--set", "epochs=1", *TINY]) == 0
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [r.info.run_id for r in runs if r.data.tags.get("study") == "acc-bytes"] == [
+        parent.info.run_id
+    ]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 4
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
     assert main(["study-report", "--out", str(out)]) == 0
     assert (out / "pareto_front.png").stat().st_size > 10_000

@@ -355,7 +355,9 @@ def run_trial(
         if resume:
             done = RunDir(run_dir).read_metrics()
             trial.set_user_attr("resumed_at_epoch", done[-1]["epoch"] if done else 0)
-        tracker = make_tracker(cfg, run_dir, mlflow_parent_run_id=ctx["mlflow_parent"])
+        tracker = make_tracker(
+            cfg, run_dir, mlflow_parent_run_id=ctx["mlflow_parent"], resume=resume
+        )
         with Heartbeat(storage, trial._trial_id, ctx["heartbeat"]):
             summary = train_and_evaluate(
                 cfg, run_dir, tracker=tracker, on_epoch=_reporter(trial, spec), resume=resume
@@ -518,6 +520,7 @@ def _start_parent(spec: SweepSpec, name: str, out: Path) -> Any:
         study_name=name,
         kind="optuna",
         run_dir=out / "study-run",
+        resume=True,
     )
 
 

@@ -29,6 +29,13 @@ MLflow refuses becomes `_`). Artifacts: `results/` (config, metrics history, sum
 Provenance (git commit and dirty flag, package versions, device, seeds) is set on every run:
 MLflow tags `prov/...`, W&B config `provenance/...`.
 
+Resuming (`make_tracker(..., resume=True)`, as `train --resume` and a retried trial do): the ids
+of the run's tracker runs are kept in `<run_dir>/trackers.json`. MLflow continues the same run
+(status back to RUNNING; the steps it already holds are not logged twice). W&B continues the same
+run online (`resume="allow"`); W&B cannot resume an offline run (wandb/wandb#2423: `resume` is
+ignored offline, and `wandb sync` of two offline runs with one id keeps only one), so a resumed
+offline run is a new run with `resumed_from=<id>` in its config, the same name and group.
+
 Studies (Optuna or W&B sweeps) open one parent run and nest their trials under it:
 
     study = start_study_run(cfg, study_name="wash-p", kind="optuna")
@@ -55,6 +62,7 @@ from pathlib import Path
 from typing import Any
 
 TRACKERS = ("wandb", "mlflow")
+TRACKERS_FILE = "trackers.json"  # in a run directory: the ids of its tracker runs, for resuming
 MLFLOW_PARAM_MAX = 6000  # characters per MLflow param value
 _MLFLOW_BAD_KEY = re.compile(r"[^\w\-. :/]")  # MLflow keys: alnum, _ - . space : /
 
@@ -77,6 +85,10 @@ class Tracker:
     def set_tags(self, tags: Mapping[str, str]) -> None: ...
 
     def finish(self, status: str = "FINISHED") -> None: ...
+
+    def ref(self) -> dict[str, Any]:
+        """What it takes to continue this tracker's run later (kept in trackers.json)."""
+        return {}
 
 
 NoopTracker = Tracker
@@ -183,16 +195,22 @@ def tracker_names(track: str) -> list[str]:
     return names
 
 
-def make_tracker(cfg: Any, run_dir: str | Path, mlflow_parent_run_id: str | None = None) -> Tracker:
+def make_tracker(
+    cfg: Any, run_dir: str | Path, mlflow_parent_run_id: str | None = None, resume: bool = False
+) -> Tracker:
     """The trackers named in `cfg.track` behind one guarded fan-out (a no-op if none).
 
-    A trial of a study passes the study's MLflow run id to be nested under it."""
+    A trial of a study passes the study's MLflow run id to be nested under it. `resume`: continue
+    the tracker runs recorded in `<run_dir>/trackers.json` (see the module doc)."""
     names = tracker_names(cfg.track)
     if not names:
         return Tracker()
     run_dir = Path(run_dir)
     name = cfg.run_name or cfg.default_run_name
-    trackers = _open(names, cfg, run_dir, name, mlflow_parent_run_id, job_type=cfg.job_type)
+    previous = _previous(run_dir) if resume else {}
+    trackers = _open(
+        names, cfg, run_dir, name, mlflow_parent_run_id, job_type=cfg.job_type, previous=previous
+    )
     fan = FanOut(trackers)
     fan.set_tags(provenance_tags(cfg))
     return fan
@@ -206,22 +224,45 @@ def _open(
     parent: str | None,
     job_type: str,
     extra_tags: Mapping[str, str] | None = None,
+    previous: Mapping[str, Any] | None = None,
 ) -> list[Tracker]:
+    previous = previous or {}
     out: list[Tracker] = []
+    refs = dict(previous)
     for n in names:
         try:
             if n == "wandb":
-                t: Tracker = WandbTracker(cfg, run_dir, run_name, job_type)
+                t: Tracker = WandbTracker(cfg, run_dir, run_name, job_type, previous.get(n))
             else:
-                t = MlflowTracker(cfg, run_dir, run_name, parent, extra_tags)
+                t = MlflowTracker(cfg, run_dir, run_name, parent, extra_tags, previous.get(n))
         except Exception as e:  # an unreachable tracker never stops the run
             warn(
                 f"tracker {n} could not start ({type(e).__name__}: {_first_line(e)}); "
                 f"the run goes on without it, local results in {run_dir}"
             )
             continue
+        refs[n] = t.ref()
         out.append(Guarded(t, str(run_dir)))
+    if out:
+        from .results import write_json
+
+        write_json(run_dir / TRACKERS_FILE, refs)
     return out
+
+
+def _previous(run_dir: Path) -> dict[str, Any]:
+    """The tracker runs recorded in `run_dir` ({} if none or unreadable: new runs are opened)."""
+    path = run_dir / TRACKERS_FILE
+    if not path.exists():
+        return {}
+    try:
+        refs = json.loads(path.read_text())
+        if not isinstance(refs, dict):
+            raise ValueError("not a JSON object")
+        return refs
+    except (OSError, ValueError) as e:
+        warn(f"{path}: unreadable ({_first_line(e)}); the resumed run opens new tracker runs")
+        return {}
 
 
 def provenance_tags(cfg: Any, seeds: bool = True) -> dict[str, str]:
@@ -283,7 +324,14 @@ class WandbTracker(Tracker):
 
     name = "wandb"
 
-    def __init__(self, cfg: Any, run_dir: Path, run_name: str, job_type: str):
+    def __init__(
+        self,
+        cfg: Any,
+        run_dir: Path,
+        run_name: str,
+        job_type: str,
+        previous: Mapping[str, Any] | None = None,
+    ):
         dirs = wandb_dirs(run_dir)
         for d in dirs.values():
             Path(d).mkdir(parents=True, exist_ok=True)
@@ -295,8 +343,12 @@ class WandbTracker(Tracker):
             mode = "offline"
         import wandb
 
-        self.wandb = wandb
+        self.wandb, self.mode = wandb, mode
+        # only an online run can be continued (see the module doc)
+        same = bool(previous) and previous.get("mode") == mode == "online"
         self.run = wandb.init(
+            id=previous["id"] if same else None,
+            resume="allow" if same else None,
             project=cfg.project,
             entity=cfg.wandb_entity or None,
             group=cfg.group or None,
@@ -309,15 +361,26 @@ class WandbTracker(Tracker):
             settings=wandb.Settings(console="off", init_timeout=60, x_disable_stats=True),
         )
         self.step = 0
+        # steps below this are already in a continued run (W&B drops them with a warning)
+        self.first_step = int(getattr(self.run, "starting_step", 0) or 0) if same else 0
+        if previous and not same:
+            self.run.config.update({"resumed_from": previous.get("id", "")})
+
+    def ref(self):
+        return {"id": self.run.id, "mode": self.mode}
 
     def log_params(self, params):
         self.run.config.update(dict(params), allow_val_change=True)
 
     def log_metrics(self, metrics, step):
+        if step < self.first_step:
+            return
         self.step = max(self.step, step)
         self.run.log(dict(metrics), step=step)
 
     def log_curves(self, curves, step):
+        if step < self.first_step:
+            return
         rows = [
             [k, _alpha(i, len(c)), float(v)] for k, c in curves.items() for i, v in enumerate(c)
         ]
@@ -437,7 +500,10 @@ class MlflowTracker(Tracker):
         run_name: str,
         parent_run_id: str | None = None,
         extra_tags: Mapping[str, str] | None = None,
+        previous: Mapping[str, Any] | None = None,
     ):
+        from mlflow.tracking import MlflowClient
+
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         # a dead server mid-run costs seconds, not minutes, before the tracker is switched off
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
@@ -453,23 +519,51 @@ class MlflowTracker(Tracker):
             # must be set when the experiment is created; otherwise it is ./mlruns
             artifact_root = str(db.parent.resolve() / "mlartifacts")
         self.scratch = Path(run_dir) / "mlflow_files"
-        with _sqlite_lock(self.uri):
-            self.run_id = self._create_run(cfg, run_name, parent_run_id, extra_tags, artifact_root)
-        self.latest: dict[str, float] = {}
-        self.last_step = 0
+        self.done_step = -1  # steps up to this one are already in a continued run
+        self.resumed_latest: dict[str, float] = {}
+        with _sqlite_lock(self.uri):  # the client creates a new database's schema
+            self.client = MlflowClient(tracking_uri=self.uri)
+            run_id = self._continue(previous)
+            if run_id is None:
+                tags = {**(extra_tags or {})}
+                if previous and previous.get("run_id"):
+                    tags["resumed_from"] = str(previous["run_id"])
+                run_id = self._create_run(cfg, run_name, parent_run_id, tags, artifact_root)
+            self.run_id = run_id
+        self.latest: dict[str, float] = dict(self.resumed_latest)
+        self.last_step = max(self.done_step, 0)
+
+    def ref(self):
+        return {"run_id": self.run_id, "uri": self.uri}
+
+    def _continue(self, previous: Mapping[str, Any] | None) -> str | None:
+        """The recorded run, back to RUNNING, if it is in this tracking store; else None."""
+        if not previous or previous.get("uri") != self.uri or not previous.get("run_id"):
+            return None
+        try:
+            run = self.client.get_run(str(previous["run_id"]))
+        except Exception as e:  # deleted from the store, or never synced there
+            warn(f"MLflow run {previous['run_id']} not found ({_first_line(e)}); opening a new run")
+            return None
+        if run.info.lifecycle_stage == "deleted":
+            return None
+        run_id = run.info.run_id
+        history = self.client.get_metric_history
+        steps = [m.step for k in run.data.metrics for m in history(run_id, k)]
+        self.done_step = max(steps, default=-1)
+        self.resumed_latest = dict(run.data.metrics)
+        self.client.update_run(run_id, status="RUNNING")
+        return run_id
 
     def _create_run(
         self,
         cfg: Any,
         run_name: str,
         parent_run_id: str | None,
-        extra_tags: Mapping[str, str] | None,
+        extra_tags: Mapping[str, str],
         artifact_root: str | None,
     ) -> str:
-        from mlflow.tracking import MlflowClient
-
-        self.client = MlflowClient(tracking_uri=self.uri)
-        tags = {**(extra_tags or {})}
+        tags = dict(extra_tags)
         if parent_run_id:
             # nested run: the UI shows it under its parent; same experiment as the parent
             tags["mlflow.parentRunId"] = parent_run_id
@@ -501,6 +595,10 @@ class MlflowTracker(Tracker):
             self.client.log_batch(self.run_id, params=items[i : i + 100])
 
     def log_metrics(self, metrics, step):
+        if step > self.done_step:  # a continued run holds the earlier steps already
+            self._log(metrics, step)
+
+    def _log(self, metrics: Mapping[str, Any], step: int) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -529,7 +627,7 @@ class MlflowTracker(Tracker):
             if _numeric(v) and not _same(self.latest.get(mlflow_key(k)), float(v))
         }
         if new:
-            self.log_metrics(new, self.last_step)
+            self._log(new, self.last_step)
 
     def log_artifact(self, path, name=None):
         folder = "model" if name and "model" in name else (name or "results")
@@ -579,12 +677,18 @@ class StudyRun(FanOut):
 
 
 def start_study_run(
-    cfg: Any, study_name: str, kind: str, run_dir: str | Path | None = None
+    cfg: Any,
+    study_name: str,
+    kind: str,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
 ) -> StudyRun:
     """Open the parent run of study `study_name` (`kind`: optuna, wandb-sweep, ...).
 
     `cfg` is a TrainConfig or a mapping of its fields (track, project, out_dir, mlflow_uri,
-    wandb_mode, ...). W&B files go under `run_dir` (default `<out_dir>/<study_name>`)."""
+    wandb_mode, ...). W&B files go under `run_dir` (default `<out_dir>/<study_name>`).
+    `resume`: continue the parent run recorded in `run_dir` (a study continued by the same
+    command keeps one parent run)."""
     from .config import TrainConfig
 
     if not isinstance(cfg, TrainConfig):
@@ -593,7 +697,14 @@ def start_study_run(
     run_dir = Path(run_dir) if run_dir else Path(cfg.out_dir) / study_name
     tags = {"study": study_name, "study_kind": kind}
     trackers = _open(
-        tracker_names(cfg.track), cfg, run_dir, study_name, None, job_type="study", extra_tags=tags
+        tracker_names(cfg.track),
+        cfg,
+        run_dir,
+        study_name,
+        None,
+        job_type="study",
+        extra_tags=tags,
+        previous=_previous(run_dir) if resume else None,
     )
     study = StudyRun(trackers)
     study.set_tags({**tags, **provenance_tags(cfg, seeds=False)})

@@ -112,6 +112,7 @@ def setup(
     exchange: Exchange | None = None,
     members: list[int] | None = None,
     writer: bool = True,
+    resume: bool = False,
 ) -> Run:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -127,7 +128,7 @@ def setup(
         else None
     )
     if tracker is None:
-        tracker = make_tracker(cfg, run_dir.path) if run_dir else Tracker()
+        tracker = make_tracker(cfg, run_dir.path, resume=resume) if run_dir else Tracker()
     return Run(
         cfg, data, pop, method, exchange, run_dir, tracker, device, per_epoch, total, State()
     )
@@ -432,13 +433,15 @@ def train_and_evaluate(
     per process, one writing process, a resume checkpoint read once and sent to every process);
     the defaults hold the whole population here.
     """
-    run = setup(cfg, workdir, tracker, exchange, members, writer)
+    continued = resume or checkpoint is not None  # its tracker runs continue too
+    run = setup(cfg, workdir, tracker, exchange, members, writer, continued)
     ckpt = run.run_dir.load_checkpoint() if (resume and run.run_dir) else None
     ckpt = checkpoint if checkpoint is not None else ckpt
     if ckpt is not None:
         restore(run, ckpt)
         finished = run.state.epoch >= cfg.epochs and exchange is None
         if finished and run.run_dir and run.run_dir.summary_path.exists():
+            run.tracker.finish("FINISHED")  # a continued tracker run was set running again
             return read_json(run.run_dir.summary_path)  # already finished: nothing to redo
         if run.run_dir:
             run.run_dir.truncate_metrics(run.state.step)
