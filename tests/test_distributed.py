@@ -241,3 +241,66 @@ def test_torchrun_resumes_a_single_process_checkpoint(reference, tmp_path):
     assert torch.equal(final["params"], single_ckpt["population"]["params"])
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]  # one record per epoch
+
+
+@pytest.mark.slow
+def test_torchrun_job_is_followed_pruned_and_resumed(tmp_path, monkeypatch):
+    """A sweep's distributed trial: each evaluation reaches the caller while the job runs; when
+    the caller stops it (a pruned trial) the job's processes end and its MLflow run (nested
+    under the study's) is KILLED; resuming it reports only the epochs not reported before."""
+    from mlflow.tracking import MlflowClient
+
+    from wash_sweeps.tracking import start_study_run
+
+    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    study = start_study_run({"track": "mlflow", "out_dir": str(tmp_path)}, "st", kind="optuna")
+    # epochs long enough (~0.2 s) that the job still runs when epoch 2 is read
+    cfg = _cfg(
+        tmp_path, "wash", n_members=2, epochs=8, n_train=4096, track="mlflow",
+        mlflow_uri=study.mlflow_uri,
+    )  # fmt: skip
+    run_dir = tmp_path / "trial"
+    reported: list[int] = []
+
+    class Pruned(Exception):
+        pass
+
+    def prune_at_2(epoch: int, metrics: dict) -> None:
+        reported.append(epoch)
+        assert 0 <= metrics["val/acc_avg"] <= 1
+        if epoch == 2:
+            raise Pruned
+
+    with pytest.raises(Pruned):
+        run_torchrun(
+            cfg, 2, run_dir, on_epoch=prune_at_2, mlflow_parent_run_id=study.mlflow_run_id,
+            poll_s=0.05,
+        )  # fmt: skip
+    assert reported == [1, 2]
+    size = (run_dir / "metrics.jsonl").stat().st_size
+    time.sleep(2)
+    assert (run_dir / "metrics.jsonl").stat().st_size == size  # nothing runs on
+    client = MlflowClient(study.mlflow_uri)
+    ref = json.loads((run_dir / "trackers.json").read_text())["mlflow"]
+    run = client.get_run(ref["run_id"])
+    assert run.info.status == "KILLED"
+    assert run.data.tags["mlflow.parentRunId"] == study.mlflow_run_id
+
+    summary = run_torchrun(
+        cfg, 2, run_dir, resume=True, on_epoch=lambda e, m: reported.append(e),
+        mlflow_parent_run_id=study.mlflow_run_id,
+    )  # fmt: skip
+    assert sorted(reported) == list(range(1, 9))  # each epoch once
+    assert summary["dist/world_size"] == 2
+    assert client.get_run(ref["run_id"]).info.status == "FINISHED"
+    assert len(client.get_metric_history(ref["run_id"], "val/acc_avg")) == 8
+    epochs = [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").open()]
+    assert epochs == list(range(1, 9))
+    # resuming the finished job evaluates the end again, without a second record of it
+    run_torchrun(cfg, 2, run_dir, resume=True, on_epoch=lambda e, m: reported.append(e))
+    assert sorted(reported) == list(range(1, 9))
+    assert [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").open()] == epochs
+    assert len(client.get_metric_history(ref["run_id"], "val/acc_avg")) == 8
+    study.finish()
+    assert (run_dir / "torchrun.log").exists()  # the jobs' output

@@ -309,3 +309,41 @@ def test_multi_objective_study_is_tracked_and_has_a_pareto_front(tmp_path, monke
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
     assert main(["study-report", "--out", str(out)]) == 0
     assert (out / "pareto_front.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_study_trials_under_torchrun_report_every_epoch(tmp_path, monkeypatch):
+    """`--nproc-per-trial 2`: each trial is a 2-process torchrun job; its per-epoch values
+    reach the study (so it can be pruned) and its MLflow run nests under the study's."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    sweep = sweep_file(
+        tmp_path,
+        """
+        name: dist
+        preset: tiny
+        method: grid
+        metric: {name: val/acc_avg, goal: maximize}
+        parameters:
+          method: {values: [wash, papa]}
+          n_members: {value: 2}
+          dataset: {value: synthetic}
+        """,
+    )
+    out = tmp_path / "study"
+    args = ["study", str(sweep), "--n-trials", "2", "--out", str(out), "--nproc-per-trial", "2"]
+    assert main([*args, "--track", "mlflow", "--set", "epochs=3", *TINY]) == 0
+    study = load(str(out / JOURNAL_NAME), "dist")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    assert {t.params["method"] for t in study.trials} == {"wash", "papa"}
+    for t in study.trials:
+        assert sorted(t.intermediate_values) == [1, 2, 3]
+        summary = json.loads((out / "trials" / f"trial-{t.number}" / "summary.json").read_text())
+        assert summary["dist/world_size"] == 2
+        assert t.value == summary["val/acc_avg"]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    [parent] = [r for r in runs if r.data.tags.get("study") == "dist"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.info.status for r in children) == ["FINISHED", "FINISHED"]

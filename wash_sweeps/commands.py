@@ -29,6 +29,8 @@ def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
             action="store_true",
             help="one member (or a slice) per torch.distributed process (torchrun)",
         )
+        # a sweep's trial run as a job: its MLflow run nests under the study's
+        p.add_argument("--mlflow-parent", default=None, help=argparse.SUPPRESS)
     elif command == "demo":
         p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
         p.add_argument("--out-dir", default="runs/demo", help="where the demo's runs go")
@@ -60,13 +62,20 @@ def _train(args: argparse.Namespace) -> int:
     if args.distributed:
         from .distributed import train_distributed
 
-        summary = train_distributed(cfg, workdir, resume=resume)
+        summary = train_distributed(
+            cfg, workdir, resume=resume, mlflow_parent_run_id=args.mlflow_parent
+        )
         if summary is None:  # not rank 0
             return 0
     else:
+        from .tracking import make_tracker
         from .train import train_and_evaluate
 
-        summary = train_and_evaluate(cfg, workdir, resume=resume)
+        tracker = None
+        if args.mlflow_parent:
+            run_dir = workdir or Path(cfg.out_dir) / (cfg.run_name or cfg.default_run_name)
+            tracker = make_tracker(cfg, run_dir, args.mlflow_parent, resume=resume)
+        summary = train_and_evaluate(cfg, workdir, tracker=tracker, resume=resume)
     print(format_summary(summary))
     return 0
 

@@ -23,8 +23,10 @@ longest evaluation, during which the other ranks wait).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import json
 import os
 import re
 import subprocess
@@ -41,7 +43,7 @@ import yaml
 
 from .config import ConfigError, TrainConfig
 from .errors import RunFailure
-from .results import RunDir, read_json
+from .results import RunDir, iter_jsonl, read_json
 from .shuffle import ShufflePlan
 
 TIMEOUT_ENV = "WASH_SWEEPS_DIST_TIMEOUT_S"
@@ -299,9 +301,12 @@ def train_distributed(
     workdir: str | Path | None = None,
     resume: bool = False,
     timeout_s: float | None = None,
+    mlflow_parent_run_id: str | None = None,
 ) -> dict[str, Any] | None:
     """Train `cfg` with this process's slice of members. Returns the summary on rank 0 (which
-    alone writes the run directory and talks to trackers), None on the other ranks."""
+    alone writes the run directory and talks to trackers), None on the other ranks.
+    `mlflow_parent_run_id`: nest rank 0's MLflow run under a study's run (a sweep trial)."""
+    from .tracking import make_tracker
     from .train import train_and_evaluate
 
     created = init_process_group(cfg, timeout_s)
@@ -309,9 +314,15 @@ def train_distributed(
         exchange = DistributedExchange(cfg.n_members, timeout_s)
         rank = exchange.rank
         checkpoint = _shared_checkpoint(cfg, workdir) if resume else None
+        tracker = None
+        if rank == 0 and mlflow_parent_run_id:
+            tracker = make_tracker(
+                cfg, _run_dir_path(cfg, workdir), mlflow_parent_run_id, resume=resume
+            )
         summary = train_and_evaluate(
             cfg,
             workdir,
+            tracker=tracker,
             exchange=exchange,
             members=exchange.members,
             writer=rank == 0,
@@ -343,6 +354,13 @@ def torchrun_command(nproc: int, args: Sequence[str], nnodes: int = 1) -> list[s
     ]
 
 
+class TorchrunFailure(RunFailure):
+    """A torchrun job (a sweep's distributed trial) that exited with an error."""
+
+
+LOG_NAME = "torchrun.log"  # in the run directory: the job's stdout and stderr
+
+
 def run_torchrun(
     cfg: TrainConfig,
     nproc: int,
@@ -350,11 +368,19 @@ def run_torchrun(
     resume: bool = False,
     timeout_s: float | None = None,
     env: dict[str, str] | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    mlflow_parent_run_id: str | None = None,
+    poll_s: float = 0.5,
 ) -> dict[str, Any]:
     """Run one distributed training of `cfg` under torchrun as a subprocess (what a sweep trial
     does) and return its summary.json. `resume`: continue the checkpoint in `workdir` (written
-    by a distributed or a single-process run of the same config). Raises RuntimeError with the
-    failing line if the job fails."""
+    by a distributed or a single-process run of the same config).
+
+    `on_epoch(epoch, metrics)` is called for each evaluation the job appends to metrics.jsonl
+    (read as it grows, every `poll_s` s). If it raises (a pruned trial), the job is stopped
+    (SIGTERM to its process group, SIGKILL 30 s later), its MLflow run is marked KILLED, and the
+    exception is re-raised. The job's output goes to `<workdir>/torchrun.log`; a failed job
+    raises TorchrunFailure with its last error line."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     fd, cfg_path = tempfile.mkstemp(dir=workdir, prefix=".launch-", suffix=".yaml")
@@ -363,19 +389,122 @@ def run_torchrun(
     args = (
         ["--resume", str(workdir)] if resume else ["--config", cfg_path, "--workdir", str(workdir)]
     )
+    if mlflow_parent_run_id:
+        args += ["--mlflow-parent", mlflow_parent_run_id]
     cmd = torchrun_command(nproc, ["train", "--distributed", *args])
     full_env = {**os.environ, **(env or {})}
     if timeout_s is not None:
         full_env[TIMEOUT_ENV] = str(timeout_s)
+    tail = _MetricsTail(workdir / "metrics.jsonl", resume)
+    log_path = workdir / LOG_NAME
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env)
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=full_env,
+                start_new_session=True,  # stopped as a group, not by the caller's terminal
+                preexec_fn=_die_with_parent,
+            )
+            try:
+                _follow(proc, tail, on_epoch, poll_s)
+            except BaseException:  # a pruned trial, Ctrl-C: the job must not outlive its caller
+                _stop_group(proc)
+                _mark_killed(workdir)
+                raise
     finally:
         Path(cfg_path).unlink(missing_ok=True)
     if proc.returncode != 0:
-        lines = (proc.stderr + proc.stdout).splitlines()
-        errors = [ln for ln in lines if "wash-sweeps: error:" in ln or "Error" in ln]
-        raise RuntimeError(
-            f"torchrun exited with {proc.returncode}: "
-            f"{(errors or lines or ['no output'])[-1].strip()}"
+        lines = log_path.read_text(errors="replace").splitlines()
+        # our own one-line error first (every rank prints it), else torchrun's last error
+        mark = "wash-sweeps: error:"
+        ours = [ln.split(mark, 1)[1] for ln in lines if mark in ln]
+        errors = ours or [ln for ln in lines if "Error" in ln] or lines or ["no output"]
+        raise TorchrunFailure(
+            f"torchrun exited with {proc.returncode}: {errors[-1].strip()} (log: {log_path})"
         )
     return read_json(workdir / "summary.json")
+
+
+class _MetricsTail:
+    """The records appended to a metrics.jsonl since the last read (complete lines only).
+
+    Epochs present before the job starts are not new: a resumed job truncates the file to its
+    checkpoint and appends again epochs that were already reported."""
+
+    def __init__(self, path: Path, resume: bool):
+        self.path, self.offset = path, 0
+        self.seen = {r["epoch"] for r in iter_jsonl(path)} if resume and path.exists() else set()
+
+    def new(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        with open(self.path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() < self.offset:  # truncated by a resume
+                self.offset = 0
+            f.seek(self.offset)
+            data = f.read()
+        end = data.rfind(b"\n") + 1
+        self.offset += end
+        out = []
+        for line in data[:end].splitlines():
+            rec = json.loads(line)
+            if rec["epoch"] not in self.seen:
+                self.seen.add(rec["epoch"])
+                out.append(rec)
+        return out
+
+
+def _follow(
+    proc: subprocess.Popen,
+    tail: _MetricsTail,
+    on_epoch: Callable[[int, dict[str, float]], None] | None,
+    poll_s: float,
+) -> None:
+    while True:
+        done = proc.poll() is not None
+        if on_epoch is not None:
+            for rec in tail.new():
+                on_epoch(rec["epoch"], rec["metrics"])
+        if done:
+            return
+        time.sleep(poll_s)
+
+
+def _die_with_parent() -> None:
+    """In the job (Linux): SIGTERM when its caller dies, even by kill -9, so a retried trial
+    never shares its directory with an orphaned job (torchrun then stops its workers)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _stop_group(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
+    """SIGTERM to torchrun and its workers (their own session), SIGKILL if they linger."""
+    import signal
+
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+        if proc.poll() is not None:
+            break
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(wait)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # workers torchrun left behind
+
+
+def _mark_killed(workdir: Path) -> None:
+    """The stopped job's MLflow run (named in trackers.json) ends KILLED, not RUNNING."""
+    from .tracking import TRACKERS_FILE
+
+    path = workdir / TRACKERS_FILE
+    with contextlib.suppress(Exception):  # best effort: the local results are what count
+        ref = json.loads(path.read_text())["mlflow"]
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient(tracking_uri=ref["uri"]).set_terminated(ref["run_id"], "KILLED")

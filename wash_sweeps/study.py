@@ -3,6 +3,7 @@
     wash-sweeps study sweeps/wash_p.yaml --n-trials 30 --workers 2      # runs/studies/wash-p/
     wash-sweeps study sweeps/wash_p.yaml --n-trials 30                  # same command: continues
     wash-sweeps study sweeps/acc_vs_bytes.yaml --n-trials 40 --track mlflow,wandb
+    wash-sweeps study sweeps/wash_p.yaml --n-trials 8 --nproc-per-trial 4  # each trial: torchrun
     wash-sweeps study sweeps/wash_p.yaml --n-trials 100 \\
         --storage postgresql+psycopg2://USER@HOST:5432/DB             # one per machine, shared DB
     wash-sweeps study-report --out runs/studies/wash-p                  # PNG figures
@@ -14,7 +15,11 @@ study is created once before any worker starts (workers racing on a fresh schema
 
 Each trial is `train_and_evaluate` in `<out>/trials/trial-<number>`; it reports the sweep's
 metric every epoch and may be pruned (single objective); several objectives use NSGA-II with no
-pruning. The cap `--n-trials K` counts trials that ended or run (complete, pruned, failed,
+pruning. With `--nproc-per-trial K` a trial is a torchrun job of K processes
+(`distributed.run_torchrun`): its evaluations are read from its metrics.jsonl as they are
+written, reported and pruned the same way (a pruned job is stopped).
+
+The cap `--n-trials K` counts trials that ended or run (complete, pruned, failed,
 running), across all workers: a lock around "count, then create the next trial" (a file lock on
 one machine, a PostgreSQL advisory lock across machines) keeps the workers from over-running it.
 A worker killed mid-trial stops beating its heartbeat; after the grace period another worker (or
@@ -68,6 +73,12 @@ def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
         "--storage", default=None, help=f"URL or journal file (default OUT/{JOURNAL_NAME})"
     )
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    p.add_argument(
+        "--nproc-per-trial",
+        type=int,
+        default=1,
+        help="run each trial under torchrun with this many processes (members split over them)",
+    )
     p.add_argument("--study-name", default=None, help="default: the sweep file's name")
     p.add_argument("--out", default=None, help="output dir (default runs/studies/STUDY_NAME)")
     p.add_argument(
@@ -328,9 +339,11 @@ def run_trial(
     from optuna.storages import RetryHeartbeatStaleTrialCallback
     from optuna.trial import TrialState
 
+    from .distributed import run_torchrun
+    from .errors import RunFailure
     from .results import RunDir
     from .tracking import make_tracker
-    from .train import DivergedError, train_and_evaluate
+    from .train import train_and_evaluate
 
     start = time.perf_counter()
     params = spec.suggest(trial)
@@ -355,13 +368,23 @@ def run_trial(
         if resume:
             done = RunDir(run_dir).read_metrics()
             trial.set_user_attr("resumed_at_epoch", done[-1]["epoch"] if done else 0)
-        tracker = make_tracker(
-            cfg, run_dir, mlflow_parent_run_id=ctx["mlflow_parent"], resume=resume
-        )
         with Heartbeat(storage, trial._trial_id, ctx["heartbeat"]):
-            summary = train_and_evaluate(
-                cfg, run_dir, tracker=tracker, on_epoch=_reporter(trial, spec), resume=resume
-            )
+            if ctx["nproc"] > 1:  # a torchrun job, followed through its metrics.jsonl
+                summary = run_torchrun(
+                    cfg,
+                    ctx["nproc"],
+                    run_dir,
+                    resume=resume,
+                    on_epoch=_reporter(trial, spec),
+                    mlflow_parent_run_id=ctx["mlflow_parent"],
+                )
+            else:
+                tracker = make_tracker(
+                    cfg, run_dir, mlflow_parent_run_id=ctx["mlflow_parent"], resume=resume
+                )
+                summary = train_and_evaluate(
+                    cfg, run_dir, tracker=tracker, on_epoch=_reporter(trial, spec), resume=resume
+                )
         values = [float(summary[m]) for m, _ in spec.objectives]
         if all(math.isfinite(v) for v in values):
             state = TrialState.COMPLETE
@@ -378,8 +401,9 @@ def run_trial(
         raise
     except optuna.TrialPruned as e:
         state, note = TrialState.PRUNED, str(e)
-    except (ConfigError, DivergedError, ValueError) as e:
-        # a bad sampled combination, a NaN loss, a checkpoint that does not match: the study goes on
+    except (ConfigError, RunFailure, ValueError) as e:
+        # a bad sampled combination, a NaN loss, a checkpoint that does not match, a failed
+        # torchrun job: the study goes on
         note = f"{type(e).__name__}: {e}"
         trial.set_user_attr(FAIL_REASON, note)
     study.tell(trial, values if state == TrialState.COMPLETE else None, state=state)
@@ -463,15 +487,19 @@ def study_command(args: argparse.Namespace) -> int:
     if args.create_only:
         print(f"study {name!r} ready in {storage_url} ({n_trials} trials)")
         return 0
+    if args.nproc_per_trial < 1:
+        raise ConfigError(f"--nproc-per-trial {args.nproc_per_trial}: must be >= 1")
     ctx = {
         "mlflow_parent": args.mlflow_parent,
         "heartbeat": args.heartbeat,
         "max_retry": args.max_retry,
+        "nproc": args.nproc_per_trial,
         "fixed": {},
     }
-    if args.workers > 1 and spec.base.get("threads", 0) == 0:
-        # W processes share the cores instead of each taking all of them
-        ctx["fixed"]["threads"] = max(1, (os.cpu_count() or 1) // args.workers)
+    procs = args.workers * args.nproc_per_trial
+    if procs > 1 and spec.base.get("threads", 0) == 0:
+        # the training processes share the cores instead of each taking all of them
+        ctx["fixed"]["threads"] = max(1, (os.cpu_count() or 1) // procs)
     if args.worker:
         work(study, storage, spec, out, n_trials, args, ctx)
         return 0
@@ -552,6 +580,8 @@ def _run_workers(
         str(args.max_retry),
         "--workers",
         str(args.workers),
+        "--nproc-per-trial",
+        str(args.nproc_per_trial),
     ]
     for item in args.overrides:
         cmd += ["--set", item]

@@ -444,7 +444,9 @@ def train_and_evaluate(
             run.tracker.finish("FINISHED")  # a continued tracker run was set running again
             return read_json(run.run_dir.summary_path)  # already finished: nothing to redo
         if run.run_dir:
-            run.run_dir.truncate_metrics(run.state.step)
+            # records after the checkpoint are redone; so is the final evaluation of a
+            # checkpoint at the end (a distributed run re-enters it: all ranks take part)
+            run.run_dir.truncate_metrics(run.state.step - (run.state.epoch >= cfg.epochs))
     quantities = derived(run)
     if run.run_dir:
         run.run_dir.write_config(cfg.to_dict(), quantities)
