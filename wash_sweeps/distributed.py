@@ -6,8 +6,10 @@ One machine, four processes (gloo on CPU, NCCL on GPUs, chosen from the config's
         --preset mnist1d-fast --set n_members=4
 
 Several machines: the same command on each, with torchrun's rendezvous flags
-(`--nnodes=2 --node-rank=K --rdzv-backend=c10d --rdzv-endpoint=HOST:PORT`). From Python, a sweep
-trial can run one distributed training and read its summary: `run_torchrun(cfg, nproc, workdir)`.
+(`--nnodes=2 --node-rank=K --rdzv-backend=c10d --rdzv-endpoint=HOST:PORT`). A sweep trial runs
+one distributed training as a job, `run_torchrun(cfg, nproc, workdir, on_epoch=...)` (what
+`wash-sweeps study --nproc-per-trial K` does): each evaluation reaches `on_epoch` as the job writes
+it, and an `on_epoch` that raises (a pruned trial) stops the job.
 
 The transport is `DistributedExchange`, the torch.distributed twin of `methods.LocalExchange`:
 - WASH (`permute_`): every process draws the same plan from the shared (seed, step) generator, so
