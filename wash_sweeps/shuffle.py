@@ -39,6 +39,7 @@ class ShufflePlan:
 
     index: torch.Tensor
     perm: torch.Tensor
+    n_fixed: int | None = None  # values that stay with their member (s(i) = i), if known
 
     @property
     def n_selected(self) -> int:
@@ -51,10 +52,12 @@ class ShufflePlan:
 
     def n_moved(self) -> int:
         """Values that change owner: what a distributed implementation must send."""
+        if self.n_fixed is not None:
+            return self.perm.numel() - self.n_fixed
         return int(self.moved_mask().sum())
 
     def to(self, device: torch.device | str) -> ShufflePlan:
-        return ShufflePlan(self.index.to(device), self.perm.to(device))
+        return ShufflePlan(self.index.to(device), self.perm.to(device), self.n_fixed)
 
     def linear_moves(
         self, row_length: int, device: torch.device | str = "cpu"
@@ -63,14 +66,15 @@ class ShufflePlan:
         (coordinate, receiver); fixed points (s(i) = i) are included, rewriting a value with
         itself, because masking them out costs more than it saves. Cached per (row length,
         device): the weights and each optimizer-state tensor reuse them."""
-        key = (row_length, str(device))
+        key = (row_length, device)
         cache = self.__dict__.setdefault("_moves", {})
         if key not in cache:
             n = self.perm.shape[1]
-            receiver = torch.arange(n, dtype=self.perm.dtype) * row_length
-            dst = (receiver[None, :] + self.index[:, None]).view(-1)
-            src = (self.perm * row_length + self.index[:, None]).view(-1)
-            cache[key] = (dst.to(device), src.to(device))
+            column = self.index[:, None]
+            dst = torch.arange(0, n * row_length, row_length, dtype=self.perm.dtype) + column
+            src = self.perm * row_length
+            src += column
+            cache[key] = (dst.view(-1).to(device), src.view(-1).to(device))
         return cache[key]
 
 
@@ -100,13 +104,10 @@ def _select(segments: Sequence[Segment], rng: np.random.Generator) -> np.ndarray
     so their count per segment is Binomial(d_l, p_l) and, given the count, the set is uniform:
     the k ~ Binomial, k distinct indices recipe, in a handful of vectorised calls whatever the
     number of layers."""
-    segs = sorted((s for s in segments if s.p > 0 and s.size > 0), key=lambda s: s.offset)
-    if not segs:
+    layout = _layout(tuple(segments))
+    if layout is None:
         return np.empty(0, np.int64)
-    ends = np.array([s.offset + s.size for s in segs], np.int64)
-    starts = np.array([s.offset for s in segs], np.int64)
-    probs = np.array([min(s.p, 1.0) for s in segs])
-    q, lo, hi = float(probs.max()), int(starts.min()), int(ends.max())
+    starts, ends, probs, q, lo, hi, one_block = layout
     span = hi - lo
     if q >= 1.0:
         cand = np.arange(lo, hi, dtype=np.int64)
@@ -117,8 +118,10 @@ def _select(segments: Sequence[Segment], rng: np.random.Generator) -> np.ndarray
         while pos[-1] < span:  # rare: the first draw fell short of the span
             pos = np.concatenate([pos, pos[-1] + np.cumsum(rng.geometric(q, size=n_draw))])
         cand = pos[pos < span] + lo
+    if one_block:  # contiguous segments, one p: every candidate is kept (the same draws)
+        return cand
     seg = np.searchsorted(ends, cand, side="right")  # segment of each candidate (or a gap)
-    inside = (seg < len(segs)) & (cand >= starts[np.minimum(seg, len(segs) - 1)])
+    inside = (seg < len(ends)) & (cand >= starts[np.minimum(seg, len(ends) - 1)])
     cand, seg = cand[inside], seg[inside]
     ratio = probs[seg] / q
     if (ratio < 1.0).any():
@@ -127,28 +130,50 @@ def _select(segments: Sequence[Segment], rng: np.random.Generator) -> np.ndarray
     return cand
 
 
+@functools.lru_cache(maxsize=64)
+def _layout(
+    segments: tuple[Segment, ...],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, int, int, bool] | None:
+    """Starts, ends and p of the segments that can be selected, in offset order, with the
+    largest p, the span they cover and whether they are one block (contiguous, one p); None if
+    none can be selected. The same every step, so cached."""
+    segs = sorted((s for s in segments if s.p > 0 and s.size > 0), key=lambda s: s.offset)
+    if not segs:
+        return None
+    ends = np.array([s.offset + s.size for s in segs], np.int64)
+    starts = np.array([s.offset for s in segs], np.int64)
+    probs = np.array([min(s.p, 1.0) for s in segs])
+    q = float(probs.max())
+    one_block = bool((starts[1:] == ends[:-1]).all() and (probs == q).all())
+    return starts, ends, probs, q, int(starts.min()), int(ends.max()), one_block
+
+
 _PERM_TABLE_MAX_N = 8  # 8! = 40320 rows: a table beats an argsort per coordinate
 
 
 @functools.lru_cache(maxsize=8)
-def _perm_table(n: int) -> np.ndarray:
-    return np.array(list(itertools.permutations(range(n))), np.int64)
+def _perm_table(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every permutation of {0..n-1} (one per row) and its number of fixed points."""
+    table = np.array(list(itertools.permutations(range(n))), np.int64)
+    return table, (table == np.arange(n)).sum(axis=1)
 
 
-def _permutations(rng: np.random.Generator, k: int, n: int) -> np.ndarray:
-    """k independent uniform permutations of {0..n-1}, one per row."""
+def _permutations(rng: np.random.Generator, k: int, n: int) -> tuple[np.ndarray, int]:
+    """k independent uniform permutations of {0..n-1}, one per row, and their fixed points."""
     if n <= _PERM_TABLE_MAX_N:
-        table = _perm_table(n)
-        return table[rng.integers(0, len(table), size=k)]
-    return np.argsort(rng.random((k, n)), axis=1, kind="stable")
+        table, fixed = _perm_table(n)
+        rows = rng.integers(0, len(table), size=k)
+        return table[rows], int(fixed[rows].sum())
+    perm = np.argsort(rng.random((k, n)), axis=1, kind="stable")
+    return perm, int((perm == np.arange(n)).sum())
 
 
 def draw_plan(segments: Sequence[Segment], n_members: int, rng: np.random.Generator) -> ShufflePlan:
     """Draw the coordinates (each independently with its p_l) and one uniform permutation of the
     N members per selected coordinate."""
     index = _select(segments, rng)
-    perm = _permutations(rng, index.size, n_members)
-    return ShufflePlan(torch.from_numpy(index), torch.from_numpy(perm))
+    perm, n_fixed = _permutations(rng, index.size, n_members)
+    return ShufflePlan(torch.from_numpy(index), torch.from_numpy(perm), n_fixed)
 
 
 def apply_plan(flat: torch.Tensor, plan: ShufflePlan) -> None:
@@ -178,4 +203,6 @@ def expected_fraction(segments: Sequence[Segment]) -> float:
 
 def scale_segments(segments: Sequence[Segment], factor: float) -> list[Segment]:
     """Segments with every p_l multiplied by `factor` (a schedule over training)."""
+    if factor == 1.0:  # the constant schedule: every step, so no copies
+        return list(segments)
     return [dataclasses.replace(s, p=min(1.0, s.p * factor)) for s in segments]
