@@ -142,3 +142,21 @@ def test_agent_run_trains_what_the_agent_proposes(tmp_path, monkeypatch):
     assert (cfg["lr"], cfg["epochs"], cfg["group"], cfg["track"]) == (0.05, 1, "hb", "wandb")
     assert len(find_runs(out / "runs" / "abc123")) == 1
     assert main([*argv, str(sweep), "colour=red"]) == 2  # not a parameter of the sweep
+
+
+@pytest.mark.slow
+def test_runs_under_torchrun_are_followed_and_stopped(tmp_path):
+    """`--nproc-per-trial 2`: each run is a torchrun job; hyperband still sees every epoch and
+    stops the bad run's job."""
+    out = tmp_path / "sweep"
+    args = ["wandb-sweep", str(sweep_file(tmp_path, HYPERBAND_GRID)), "--out", str(out)]
+    fixed = ["--set", "epochs=3", "--set", "dataset=synthetic", "--set", "n_members=2", *TINY]
+    assert main([*args, "--nproc-per-trial", "2", *fixed]) == 0
+    recs = records(out)
+    assert [r["state"] for r in recs] == ["finished", "finished", "stopped"]
+    assert [len(r["history"]) for r in recs[:2]] == [3, 3] and len(recs[2]["history"]) < 3
+    for r in recs[:2]:
+        summary = read_json(Path(r["run_dir"]) / "summary.json")
+        assert summary["dist/world_size"] == 2
+        assert r["summary"]["train/loss"] == pytest.approx(summary["train/loss"])
+    assert (Path(recs[2]["run_dir"]) / "torchrun.log").exists()

@@ -11,6 +11,7 @@ continues an interrupted sweep.
 
     wash-sweeps wandb-sweep sweeps/method_grid.yaml      # -> runs/wandb-sweeps/method-grid/
     wash-sweeps wandb-sweep sweeps/wash_p.yaml --count 20
+    wash-sweeps wandb-sweep sweeps/wash_p.yaml --count 8 --nproc-per-trial 4   # torchrun runs
 
 Online (WANDB_API_KEY set): `--online` creates the sweep on W&B and runs `wandb agent` here for
 `--count` runs; it prints the `wandb agent ENTITY/PROJECT/ID` command to start agents on other
@@ -54,6 +55,12 @@ def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="output dir (default runs/wandb-sweeps/NAME)")
     add_set_argument(p, "fix a config field for every run (repeatable)")
     p.add_argument("--seed", type=int, default=0, help="seed of random/bayes proposals (offline)")
+    p.add_argument(
+        "--nproc-per-trial",
+        type=int,
+        default=1,
+        help="run each trial under torchrun with this many processes (members split over them)",
+    )
     p.add_argument("--agent-run", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("assignments", nargs="*", help=argparse.SUPPRESS)
 
@@ -64,11 +71,13 @@ def run(command: str, args: argparse.Namespace) -> int:
         overrides["project"] = args.project
     spec = load_spec(args.sweep_file, overrides)
     out = Path(args.out or Path("runs") / "wandb-sweeps" / spec.name)
+    if args.nproc_per_trial < 1:
+        raise ConfigError(f"--nproc-per-trial {args.nproc_per_trial}: must be >= 1")
     if args.agent_run:
-        return agent_run(spec, out, args.assignments)
+        return agent_run(spec, out, args.assignments, args.nproc_per_trial)
     if args.online:
         return online_sweep(spec, args)
-    records = offline_sweep(spec, out, args.count, seed=args.seed)
+    records = offline_sweep(spec, out, args.count, seed=args.seed, nproc=args.nproc_per_trial)
     print(_describe(spec, records, out))
     return 0
 
@@ -77,9 +86,10 @@ def run(command: str, args: argparse.Namespace) -> int:
 
 
 def offline_sweep(
-    spec: SweepSpec, out: Path, count: int | None, seed: int = 0
+    spec: SweepSpec, out: Path, count: int | None, seed: int = 0, nproc: int = 1
 ) -> list[dict[str, Any]]:
-    """Run the sweep locally until the cap (or the end of the grid); return every run record."""
+    """Run the sweep locally until the cap (or the end of the grid); return every run record.
+    `nproc` > 1: each run is a torchrun job of that many processes."""
     import numpy as np
 
     import sweeps
@@ -101,7 +111,7 @@ def offline_sweep(
         if proposal is None:  # a grid is exhausted
             break
         values = {k: v["value"] for k, v in proposal.config.items()}
-        record = _run_one(spec, out, config, runs, values, len(records), records)
+        record = _run_one(spec, out, config, runs, values, len(records), records, nproc)
         records.append(record)
         runs.append(_sweep_run(record))
         with (out / RECORDS).open("a") as f:
@@ -144,11 +154,14 @@ def _run_one(
     values: dict[str, Any],
     index: int,
     records: list[dict[str, Any]],
+    nproc: int = 1,
 ) -> dict[str, Any]:
     """Train one proposal (or skip it as a duplicate); return its record."""
     from sweeps import RunState, SweepRun
 
-    from .train import DivergedError, train_and_evaluate
+    from .distributed import run_torchrun
+    from .errors import RunFailure
+    from .train import train_and_evaluate
 
     name = f"run-{index}"
     key = _key(spec, values)
@@ -173,11 +186,15 @@ def _run_one(
             out_dir=str(out / "runs"),
             progress=False,
         )
-        summary = train_and_evaluate(cfg, run_dir, on_epoch=_watch(spec, config, runs, current))
+        watch = _watch(spec, config, runs, current)
+        if nproc > 1:  # a torchrun job, followed through its metrics.jsonl
+            summary = run_torchrun(cfg, nproc, run_dir, on_epoch=watch)
+        else:
+            summary = train_and_evaluate(cfg, run_dir, on_epoch=watch)
         state = "finished"
     except StopRun as e:
         state, note = "stopped", str(e)
-    except (ConfigError, DivergedError) as e:
+    except (ConfigError, RunFailure) as e:  # a NaN loss, a failed torchrun job, ...
         note = f"{type(e).__name__}: {e}"
     last = current.history[-1] if current.history else {}
     record.update(
@@ -262,6 +279,7 @@ def online_sweep(spec: SweepSpec, args: argparse.Namespace) -> int:
     config = spec.wandb_config()
     config["command"] = [
         "${env}", "${interpreter}", "-m", "wash_sweeps", "wandb-sweep", "--agent-run",
+        f"--nproc-per-trial={args.nproc_per_trial}",
         *[f"--set={k}={v}" for k, v in parse_overrides(args.overrides).items()],
         spec.path, "${args_no_hyphens}",  # positionals together: argparse takes them in one go
     ]  # fmt: skip
@@ -278,8 +296,10 @@ def online_sweep(spec: SweepSpec, args: argparse.Namespace) -> int:
     return subprocess.call(cmd)
 
 
-def agent_run(spec: SweepSpec, out: Path, assignments: list[str]) -> int:
-    """One run proposed by a W&B agent (`key=value` arguments); logs online to the sweep."""
+def agent_run(spec: SweepSpec, out: Path, assignments: list[str], nproc: int = 1) -> int:
+    """One run proposed by a W&B agent (`key=value` arguments); logs online to the sweep.
+    `nproc` > 1: a torchrun job, whose rank 0 joins the agent's run (WANDB_RUN_ID is inherited)."""
+    from .distributed import run_torchrun
     from .train import train_and_evaluate
 
     values = {}
@@ -303,6 +323,9 @@ def agent_run(spec: SweepSpec, out: Path, assignments: list[str]) -> int:
         run_name=os.environ.get("WANDB_RUN_ID", "") or f"agent-{os.getpid()}",
         progress=False,
     )
-    summary = train_and_evaluate(cfg)
+    if nproc > 1:
+        summary = run_torchrun(cfg, nproc, Path(cfg.out_dir) / cfg.run_name)
+    else:
+        summary = train_and_evaluate(cfg)
     print(f"{spec.metric}={summary[spec.metric]:.4f} run dir {summary['run_dir']}")
     return 0
