@@ -309,3 +309,26 @@ def test_torchrun_job_is_followed_pruned_and_resumed(tmp_path, monkeypatch):
     assert len(client.get_metric_history(ref["run_id"], "val/acc_avg")) == 8
     study.finish()
     assert (run_dir / "torchrun.log").exists()  # the jobs' output
+
+
+def test_metrics_tail_survives_a_resume_replacing_the_file(tmp_path):
+    """A resumed job replaces metrics.jsonl by a truncated copy, then appends: the follower
+    reports only epochs it has not seen, whatever the new file's size, and never a half line."""
+    from wash_sweeps.distributed import _MetricsTail
+    from wash_sweeps.results import RunDir
+
+    run = RunDir(tmp_path)
+    for e in (1, 2, 3):
+        run.append_metrics({"epoch": e, "step": 10 * e, "metrics": {"m": e}})
+    tail = _MetricsTail(run.metrics_path)  # a resumed job: epochs 1-3 were reported before
+    assert tail.new() == []
+    run.truncate_metrics(20)  # checkpoint at epoch 2: epoch 3 is redone
+    run.append_metrics({"epoch": 3, "step": 30, "metrics": {"m": 3, "longer": "x" * 50}})
+    assert tail.new() == []
+    with run.metrics_path.open("a") as f:
+        f.write('{"epoch": 4, "step": 40, "metrics": {"m"')  # being written
+    assert tail.new() == []
+    with run.metrics_path.open("a") as f:
+        f.write(": 4}}\n")
+    assert [r["epoch"] for r in tail.new()] == [4]
+    assert tail.new() == []

@@ -217,6 +217,11 @@ def test_resumed_run_continues_its_tracker_runs(home, tmp_path, monkeypatch):
     # resuming a finished run redoes nothing and leaves its MLflow run finished
     assert train_and_evaluate(cfg, run_dir, resume=True) == read_json(run_dir / "summary.json")
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
+    # a refused resume (another config) is refused before any tracker run is reopened
+    with pytest.raises(ValueError, match="fields: lr"):
+        train_and_evaluate(cfg.replace(lr=0.5), run_dir, resume=True)
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
+    assert read_json(run_dir / "trackers.json") == second
     assert list(home.rglob("*")) == []
 
 

@@ -92,6 +92,28 @@ def test_resume_is_bit_identical(tmp_path, tiny_cfg, method):
     assert len(RunDir(tmp_path / "cut").read_metrics()) == len(cut)
 
 
+def test_resume_at_the_end_redoes_only_the_final_evaluation(tmp_path, tiny_cfg):
+    """A run that stopped after its last checkpoint but before its summary: resuming evaluates
+    the end again and replaces the final record by an equal one (training loss included)."""
+    cfg = tiny_cfg(epochs=2)
+    first = train_and_evaluate(cfg, tmp_path / "run")
+    records = list(iter_jsonl(tmp_path / "run" / "metrics.jsonl"))
+    (tmp_path / "run" / "summary.json").unlink()
+    again = train_and_evaluate(cfg, tmp_path / "run", resume=True)
+    redone = list(iter_jsonl(tmp_path / "run" / "metrics.jsonl"))
+    assert [r["epoch"] for r in redone] == [1, 2]
+    assert redone[0] == records[0]
+    final = {k: v for k, v in redone[1]["metrics"].items() if not k.startswith("time/")}
+    assert final == {k: v for k, v in records[1]["metrics"].items() if not k.startswith("time/")}
+    assert math.isfinite(again["train/loss"]) and again["train/loss"] == first["train/loss"]
+
+
+def test_a_fresh_run_starts_an_empty_history(tmp_path, tiny_cfg):
+    train_and_evaluate(tiny_cfg(epochs=2), tmp_path / "run")
+    train_and_evaluate(tiny_cfg(epochs=1), tmp_path / "run")  # not a resume: the same directory
+    assert [r["epoch"] for r in iter_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1]
+
+
 def test_resume_refuses_a_different_config(tmp_path, tiny_cfg):
     train_and_evaluate(tiny_cfg(epochs=1), tmp_path / "run")
     with pytest.raises(ValueError, match="differs from this run's in fields: p"):

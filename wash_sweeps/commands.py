@@ -73,8 +73,7 @@ def _train(args: argparse.Namespace) -> int:
 
         tracker = None
         if args.mlflow_parent:
-            run_dir = workdir or Path(cfg.out_dir) / (cfg.run_name or cfg.default_run_name)
-            tracker = make_tracker(cfg, run_dir, args.mlflow_parent, resume=resume)
+            tracker = make_tracker(cfg, cfg.run_dir(workdir), args.mlflow_parent, resume=resume)
         summary = train_and_evaluate(cfg, workdir, tracker=tracker, resume=resume)
     print(format_summary(summary))
     return 0

@@ -202,6 +202,10 @@ class TrainConfig:
         parts.append(f"s{self.seed}")
         return "-".join(parts)
 
+    def run_dir(self, workdir: str | Path | None = None) -> Path:
+        """Where a run of this config writes: `workdir`, else out_dir/(run_name or the default)."""
+        return Path(workdir or Path(self.out_dir) / (self.run_name or self.default_run_name))
+
 
 # --- field checking ---------------------------------------------------------------------------
 

@@ -45,7 +45,7 @@ import yaml
 
 from .config import ConfigError, TrainConfig
 from .errors import RunFailure
-from .results import RunDir, iter_jsonl, read_json
+from .results import RunDir, read_json
 from .shuffle import ShufflePlan
 
 TIMEOUT_ENV = "WASH_SWEEPS_DIST_TIMEOUT_S"
@@ -286,7 +286,7 @@ def init_process_group(cfg: TrainConfig, timeout_s: float | None = None) -> bool
 
 def _run_dir_path(cfg: TrainConfig, workdir: str | Path | None) -> Path:
     # the same rule as train.setup
-    return Path(workdir or Path(cfg.out_dir) / (cfg.run_name or cfg.default_run_name))
+    return cfg.run_dir(workdir)
 
 
 def _shared_checkpoint(cfg: TrainConfig, workdir: str | Path | None) -> dict[str, Any] | None:
@@ -397,9 +397,13 @@ def run_torchrun(
     full_env = {**os.environ, **(env or {})}
     if timeout_s is not None:
         full_env[TIMEOUT_ENV] = str(timeout_s)
-    tail = _MetricsTail(workdir / "metrics.jsonl", resume)
+    metrics = workdir / "metrics.jsonl"
+    if not resume:  # a fresh job starts an empty history: never report a stale one
+        metrics.unlink(missing_ok=True)
     log_path = workdir / LOG_NAME
+    log_start = log_path.stat().st_size if log_path.exists() else 0  # earlier attempts above
     try:
+        tail = _MetricsTail(metrics)
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
                 cmd,
@@ -407,7 +411,7 @@ def run_torchrun(
                 stderr=subprocess.STDOUT,
                 env=full_env,
                 start_new_session=True,  # stopped as a group, not by the caller's terminal
-                preexec_fn=_die_with_parent,
+                preexec_fn=_die_with_parent(),
             )
             try:
                 _follow(proc, tail, on_epoch, poll_s)
@@ -418,7 +422,9 @@ def run_torchrun(
     finally:
         Path(cfg_path).unlink(missing_ok=True)
     if proc.returncode != 0:
-        lines = log_path.read_text(errors="replace").splitlines()
+        with open(log_path, "rb") as f:
+            f.seek(log_start)
+            lines = f.read().decode(errors="replace").splitlines()
         # our own one-line error first (every rank prints it), else torchrun's last error
         mark = "wash-sweeps: error:"
         ours = [ln.split(mark, 1)[1] for ln in lines if mark in ln]
@@ -430,29 +436,38 @@ def run_torchrun(
 
 
 class _MetricsTail:
-    """The records appended to a metrics.jsonl since the last read (complete lines only).
+    """The records of a metrics.jsonl not seen before (complete lines only).
 
-    Epochs present before the job starts are not new: a resumed job truncates the file to its
-    checkpoint and appends again epochs that were already reported."""
+    The file is read whole at each poll (it is small, and a resume replaces it by a truncated
+    copy, so an offset would not survive). Epochs present when the job starts are not new: a
+    resumed job truncates the file to its checkpoint and appends again epochs whose records the
+    caller already had."""
 
-    def __init__(self, path: Path, resume: bool):
-        self.path, self.offset = path, 0
-        self.seen = {r["epoch"] for r in iter_jsonl(path)} if resume and path.exists() else set()
+    def __init__(self, path: Path):
+        self.path = path
+        self.stamp: tuple[int, int, int] | None = None
+        self.seen: set[int] = set()
+        self.seen = {r["epoch"] for r in self._records()}
+
+    def _records(self) -> list[dict[str, Any]]:
+        try:
+            stat = self.path.stat()
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return []
+        self.stamp = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        lines = data.split(b"\n")[:-1]  # the last piece is a line still being written
+        return [json.loads(line) for line in lines if line.strip()]
 
     def new(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
             return []
-        with open(self.path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            if f.tell() < self.offset:  # truncated by a resume
-                self.offset = 0
-            f.seek(self.offset)
-            data = f.read()
-        end = data.rfind(b"\n") + 1
-        self.offset += end
+        if (stat.st_ino, stat.st_size, stat.st_mtime_ns) == self.stamp:
+            return []
         out = []
-        for line in data[:end].splitlines():
-            rec = json.loads(line)
+        for rec in self._records():
             if rec["epoch"] not in self.seen:
                 self.seen.add(rec["epoch"])
                 out.append(rec)
@@ -475,14 +490,21 @@ def _follow(
         time.sleep(poll_s)
 
 
-def _die_with_parent() -> None:
-    """In the job (Linux): SIGTERM when its caller dies, even by kill -9, so a retried trial
-    never shares its directory with an orphaned job (torchrun then stops its workers)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
+def _die_with_parent() -> Callable[[], None] | None:
+    """For the job (Linux): SIGTERM when its caller dies, even by kill -9, so a retried trial
+    never shares its directory with an orphaned job (torchrun then stops its workers). prctl is
+    looked up here, in the caller: the forked child only calls it (no import, no allocation)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    import signal
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # no prctl in this libc: the job is only stopped by us
+        return None
+    pr_set_pdeathsig, sigterm = 1, int(signal.SIGTERM)
+    return lambda: prctl(pr_set_pdeathsig, sigterm)
 
 
 def _stop_group(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
@@ -492,11 +514,11 @@ def _stop_group(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
     for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
         if proc.poll() is not None:
             break
-        with contextlib.suppress(ProcessLookupError):
+        with contextlib.suppress(OSError):  # gone already
             os.killpg(proc.pid, sig)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(wait)
-    with contextlib.suppress(ProcessLookupError):
+    with contextlib.suppress(OSError):
         os.killpg(proc.pid, signal.SIGKILL)  # workers torchrun left behind
 
 

@@ -613,6 +613,8 @@ class MlflowTracker(Tracker):
         self.last_step = max(self.last_step, int(step))
 
     def log_curves(self, curves, step):
+        if step <= self.done_step:  # a continued run holds them already
+            return
         path = self.scratch / "curves" / f"step_{step:06d}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"step": step, "curves": dict(curves)}, indent=1))

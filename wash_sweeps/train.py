@@ -85,6 +85,7 @@ class State:
     train_time_s: float = 0.0
     samples: int = 0
     evals: int = 0
+    train_loss: float = math.nan  # the last epoch's mean training loss (a resumed end reports it)
 
 
 @dataclasses.dataclass
@@ -122,11 +123,7 @@ def setup(
     per_epoch = steps_per_epoch(data.n_train, cfg.batch_size)
     total = per_epoch * cfg.epochs
     method = make_method(cfg, pop, exchange, total)
-    run_dir = (
-        RunDir(workdir or Path(cfg.out_dir) / (cfg.run_name or cfg.default_run_name))
-        if writer
-        else None
-    )
+    run_dir = RunDir(cfg.run_dir(workdir)) if writer else None
     if tracker is None:
         tracker = make_tracker(cfg, run_dir.path, resume=resume) if run_dir else Tracker()
     return Run(
@@ -200,11 +197,16 @@ def _select_members(population: dict[str, Any], members: list[int]) -> dict[str,
     }
 
 
-def restore(run: Run, ckpt: dict[str, Any]) -> None:
+def check_config(ckpt: dict[str, Any], cfg: TrainConfig) -> None:
+    """A checkpoint continues only the run of the very same config."""
     saved = TrainConfig.from_dict(ckpt["config"])
-    if saved != run.cfg:
-        diff = [k for k in saved.to_dict() if getattr(saved, k) != getattr(run.cfg, k)]
+    if saved != cfg:
+        diff = [k for k in saved.to_dict() if getattr(saved, k) != getattr(cfg, k)]
         raise ValueError(f"checkpoint config differs from this run's in fields: {', '.join(diff)}")
+
+
+def restore(run: Run, ckpt: dict[str, Any]) -> None:
+    check_config(ckpt, run.cfg)
     population = ckpt["population"]
     if list(population["members"]) != run.pop.members:
         population = _select_members(population, run.pop.members)
@@ -433,26 +435,32 @@ def train_and_evaluate(
     per process, one writing process, a resume checkpoint read once and sent to every process);
     the defaults hold the whole population here.
     """
-    continued = resume or checkpoint is not None  # its tracker runs continue too
-    run = setup(cfg, workdir, tracker, exchange, members, writer, continued)
-    ckpt = run.run_dir.load_checkpoint() if (resume and run.run_dir) else None
-    ckpt = checkpoint if checkpoint is not None else ckpt
+    if resume and writer and exchange is None and checkpoint is None:
+        done = _finished_summary(cfg, workdir)
+        if done is not None:
+            return done  # already finished: nothing to redo, no tracker run reopened
+    ckpt = checkpoint
+    if ckpt is None and resume and writer:
+        ckpt = RunDir(cfg.run_dir(workdir)).load_checkpoint()
     if ckpt is not None:
-        restore(run, ckpt)
-        finished = run.state.epoch >= cfg.epochs and exchange is None
-        if finished and run.run_dir and run.run_dir.summary_path.exists():
-            run.tracker.finish("FINISHED")  # a continued tracker run was set running again
-            return read_json(run.run_dir.summary_path)  # already finished: nothing to redo
-        if run.run_dir:
-            # records after the checkpoint are redone; so is the final evaluation of a
-            # checkpoint at the end (a distributed run re-enters it: all ranks take part)
-            run.run_dir.truncate_metrics(run.state.step - (run.state.epoch >= cfg.epochs))
-    quantities = derived(run)
-    if run.run_dir:
-        run.run_dir.write_config(cfg.to_dict(), quantities)
-    run.tracker.log_params({**cfg.to_dict(), **{f"derived/{k}": v for k, v in quantities.items()}})
+        check_config(ckpt, cfg)  # before a tracker run is reopened: a refused resume changes none
+    run = setup(cfg, workdir, tracker, exchange, members, writer, ckpt is not None)
     status = "FAILED"
-    try:
+    try:  # from here on, the tracker runs end with a status whatever happens
+        if ckpt is not None:
+            restore(run, ckpt)
+        if run.run_dir:
+            # records after the checkpoint are redone, and so is the final evaluation of a
+            # checkpoint at the end (a distributed run re-enters it: all ranks take part);
+            # a fresh run starts an empty history
+            last = run.state.step - (run.state.epoch >= cfg.epochs) if ckpt is not None else -1
+            run.run_dir.truncate_metrics(last)
+        quantities = derived(run)
+        if run.run_dir:
+            run.run_dir.write_config(cfg.to_dict(), quantities)
+        run.tracker.log_params(
+            {**cfg.to_dict(), **{f"derived/{k}": v for k, v in quantities.items()}}
+        )
         summary = _loop(run, on_epoch)
         status = "FINISHED"
         return summary
@@ -461,6 +469,20 @@ def train_and_evaluate(
         raise stop.__cause__ from None
     finally:
         run.tracker.finish(status)
+
+
+def _finished_summary(cfg: TrainConfig, workdir: str | Path | None) -> dict[str, Any] | None:
+    """The summary of a run directory whose run of this very config has ended (None if it has
+    not; a different config goes on to `restore`, which says which fields differ)."""
+    summary_path = cfg.run_dir(workdir) / "summary.json"
+    if not summary_path.exists():
+        return None
+    summary = read_json(summary_path)
+    try:
+        same = TrainConfig.from_dict(summary["config"]) == cfg
+    except (KeyError, ValueError):  # an older or foreign summary: let the checkpoint decide
+        return None
+    return summary if same and summary.get("train/epoch", -1) >= cfg.epochs else None
 
 
 def _loop(run: Run, on_epoch: OnEpoch | None) -> dict[str, Any]:
@@ -476,13 +498,12 @@ def _loop(run: Run, on_epoch: OnEpoch | None) -> dict[str, Any]:
     )
     record: dict[str, Any] | None = None
     final_done = False  # not `record["final"]`: distributed, only the writer holds a record
-    train_loss = float("nan")
     with bar:
         while st.epoch < cfg.epochs:
-            train_loss = train_epoch(run, bar)
+            st.train_loss = train_epoch(run, bar)
             last = st.epoch == cfg.epochs
             if st.epoch % cfg.eval_every == 0 or last:
-                record = evaluate(run, train_loss, final=last)
+                record = evaluate(run, st.train_loss, final=last)
                 final_done = last
                 _record(run, record, on_epoch)
                 if record is not None:
@@ -498,7 +519,7 @@ def _loop(run: Run, on_epoch: OnEpoch | None) -> dict[str, Any]:
                 except Exception as e:
                     raise StoppedByCaller from e
     if not final_done:
-        record = evaluate(run, train_loss, final=True)
+        record = evaluate(run, st.train_loss, final=True)
         _record(run, record, None)
     ckpt = _save(run)
     if run.run_dir is None or ckpt is None or record is None:

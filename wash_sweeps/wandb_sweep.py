@@ -194,7 +194,7 @@ def _run_one(
         state = "finished"
     except StopRun as e:
         state, note = "stopped", str(e)
-    except (ConfigError, RunFailure) as e:  # a NaN loss, a failed torchrun job, ...
+    except (ConfigError, RunFailure, ValueError) as e:  # a NaN loss, a failed job, ...
         note = f"{type(e).__name__}: {e}"
     last = current.history[-1] if current.history else {}
     record.update(
