@@ -127,6 +127,11 @@ def test_bad_input_is_one_line(tmp_path, capsys, monkeypatch):
     assert "needs WANDB_API_KEY" in err and "offline" in err and "\n" not in err
     assert main(["wandb-sweep", str(sweep), "--out", str(tmp_path / "o")]) == 2
     assert "needs --count K" in capsys.readouterr().err
+    for command in ("wandb-sweep", "study"):  # one flag definition, checked by both commands
+        with pytest.raises(SystemExit) as exit_:
+            main([command, str(sweep), "--nproc-per-trial", "0"])
+        assert exit_.value.code == 2
+        assert "--nproc-per-trial: 0: must be >= 1" in capsys.readouterr().err
 
 
 @pytest.mark.slow

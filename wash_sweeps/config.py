@@ -440,6 +440,23 @@ def add_set_argument(parser: argparse.ArgumentParser, help: str) -> None:
     )
 
 
+def add_nproc_argument(parser: argparse.ArgumentParser) -> None:
+    """`--nproc-per-trial K` of the sweep commands: each trial a torchrun job of K processes."""
+
+    def at_least_one(text: str) -> int:
+        value = int(text)
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{value}: must be >= 1")
+        return value
+
+    parser.add_argument(
+        "--nproc-per-trial",
+        type=at_least_one,
+        default=1,
+        help="run each trial under torchrun with this many processes (members split over them)",
+    )
+
+
 def parse_overrides(items: Sequence[str]) -> dict[str, str]:
     out = {}
     for item in items:

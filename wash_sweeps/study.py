@@ -47,7 +47,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, TrainConfig, add_set_argument, parse_overrides
+from .config import (
+    ConfigError,
+    TrainConfig,
+    add_nproc_argument,
+    add_set_argument,
+    parse_overrides,
+)
 from .results import write_json
 from .sweep_spec import SweepSpec, load_spec
 
@@ -73,12 +79,7 @@ def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
         "--storage", default=None, help=f"URL or journal file (default OUT/{JOURNAL_NAME})"
     )
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
-    p.add_argument(
-        "--nproc-per-trial",
-        type=int,
-        default=1,
-        help="run each trial under torchrun with this many processes (members split over them)",
-    )
+    add_nproc_argument(p)
     p.add_argument("--study-name", default=None, help="default: the sweep file's name")
     p.add_argument("--out", default=None, help="output dir (default runs/studies/STUDY_NAME)")
     p.add_argument(
@@ -487,8 +488,6 @@ def study_command(args: argparse.Namespace) -> int:
     if args.create_only:
         print(f"study {name!r} ready in {storage_url} ({n_trials} trials)")
         return 0
-    if args.nproc_per_trial < 1:
-        raise ConfigError(f"--nproc-per-trial {args.nproc_per_trial}: must be >= 1")
     ctx = {
         "mlflow_parent": args.mlflow_parent,
         "heartbeat": args.heartbeat,

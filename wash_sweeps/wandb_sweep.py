@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, add_set_argument, check_field, parse_overrides
+from .config import ConfigError, add_nproc_argument, add_set_argument, check_field, parse_overrides
 from .results import iter_jsonl, write_json
 from .sweep_spec import SweepSpec, load_spec
 
@@ -55,12 +55,7 @@ def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="output dir (default runs/wandb-sweeps/NAME)")
     add_set_argument(p, "fix a config field for every run (repeatable)")
     p.add_argument("--seed", type=int, default=0, help="seed of random/bayes proposals (offline)")
-    p.add_argument(
-        "--nproc-per-trial",
-        type=int,
-        default=1,
-        help="run each trial under torchrun with this many processes (members split over them)",
-    )
+    add_nproc_argument(p)
     p.add_argument("--agent-run", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("assignments", nargs="*", help=argparse.SUPPRESS)
 
@@ -71,8 +66,6 @@ def run(command: str, args: argparse.Namespace) -> int:
         overrides["project"] = args.project
     spec = load_spec(args.sweep_file, overrides)
     out = Path(args.out or Path("runs") / "wandb-sweeps" / spec.name)
-    if args.nproc_per_trial < 1:
-        raise ConfigError(f"--nproc-per-trial {args.nproc_per_trial}: must be >= 1")
     if args.agent_run:
         return agent_run(spec, out, args.assignments, args.nproc_per_trial)
     if args.online:
