@@ -284,16 +284,11 @@ def init_process_group(cfg: TrainConfig, timeout_s: float | None = None) -> bool
     return True
 
 
-def _run_dir_path(cfg: TrainConfig, workdir: str | Path | None) -> Path:
-    # the same rule as train.setup
-    return cfg.run_dir(workdir)
-
-
 def _shared_checkpoint(cfg: TrainConfig, workdir: str | Path | None) -> dict[str, Any] | None:
     """Rank 0 reads the run's checkpoint and sends it to every rank (no shared disk needed)."""
     box = [None]
     if dist.get_rank() == 0:
-        box[0] = RunDir(_run_dir_path(cfg, workdir)).load_checkpoint()
+        box[0] = RunDir(cfg.run_dir(workdir)).load_checkpoint()
     dist.broadcast_object_list(box, src=0)
     return box[0]
 
@@ -318,9 +313,7 @@ def train_distributed(
         checkpoint = _shared_checkpoint(cfg, workdir) if resume else None
         tracker = None
         if rank == 0 and mlflow_parent_run_id:
-            tracker = make_tracker(
-                cfg, _run_dir_path(cfg, workdir), mlflow_parent_run_id, resume=resume
-            )
+            tracker = make_tracker(cfg, cfg.run_dir(workdir), mlflow_parent_run_id, resume=resume)
         summary = train_and_evaluate(
             cfg,
             workdir,
@@ -447,28 +440,22 @@ class _MetricsTail:
         self.path = path
         self.stamp: tuple[int, int, int] | None = None
         self.seen: set[int] = set()
-        self.seen = {r["epoch"] for r in self._records()}
-
-    def _records(self) -> list[dict[str, Any]]:
-        try:
-            stat = self.path.stat()
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return []
-        self.stamp = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
-        lines = data.split(b"\n")[:-1]  # the last piece is a line still being written
-        return [json.loads(line) for line in lines if line.strip()]
+        self.new()
 
     def new(self) -> list[dict[str, Any]]:
         try:
             stat = self.path.stat()
+            stamp = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+            if stamp == self.stamp:  # unchanged since the last read
+                return []
+            data = self.path.read_bytes()
         except FileNotFoundError:
             return []
-        if (stat.st_ino, stat.st_size, stat.st_mtime_ns) == self.stamp:
-            return []
+        self.stamp = stamp
         out = []
-        for rec in self._records():
-            if rec["epoch"] not in self.seen:
+        for line in data.split(b"\n")[:-1]:  # the last piece is a line still being written
+            rec = json.loads(line) if line.strip() else None
+            if rec is not None and rec["epoch"] not in self.seen:
                 self.seen.add(rec["epoch"])
                 out.append(rec)
         return out
