@@ -207,9 +207,8 @@ def make_tracker(
         return Tracker()
     run_dir = Path(run_dir)
     name = cfg.run_name or cfg.default_run_name
-    previous = _previous(run_dir) if resume else {}
     trackers = _open(
-        names, cfg, run_dir, name, mlflow_parent_run_id, job_type=cfg.job_type, previous=previous
+        names, cfg, run_dir, name, mlflow_parent_run_id, job_type=cfg.job_type, resume=resume
     )
     fan = FanOut(trackers)
     fan.set_tags(provenance_tags(cfg))
@@ -224,9 +223,11 @@ def _open(
     parent: str | None,
     job_type: str,
     extra_tags: Mapping[str, str] | None = None,
-    previous: Mapping[str, Any] | None = None,
+    resume: bool = False,
 ) -> list[Tracker]:
-    previous = previous or {}
+    """Open each named tracker (continuing the runs in `run_dir`'s trackers.json if `resume`)
+    and record their ids there."""
+    previous = _previous(run_dir) if resume else {}
     out: list[Tracker] = []
     refs = dict(previous)
     for n in names:
@@ -520,7 +521,7 @@ class MlflowTracker(Tracker):
             artifact_root = str(db.parent.resolve() / "mlartifacts")
         self.scratch = Path(run_dir) / "mlflow_files"
         self.done_step = -1  # steps up to this one are already in a continued run
-        self.resumed_latest: dict[str, float] = {}
+        self.latest: dict[str, float] = {}  # the last value of each key (a continued run's too)
         with _sqlite_lock(self.uri):  # the client creates a new database's schema
             self.client = MlflowClient(tracking_uri=self.uri)
             run_id = self._continue(previous)
@@ -530,7 +531,6 @@ class MlflowTracker(Tracker):
                     tags["resumed_from"] = str(previous["run_id"])
                 run_id = self._create_run(cfg, run_name, parent_run_id, tags, artifact_root)
             self.run_id = run_id
-        self.latest: dict[str, float] = dict(self.resumed_latest)
         self.last_step = max(self.done_step, 0)
 
     def ref(self):
@@ -551,7 +551,7 @@ class MlflowTracker(Tracker):
         history = self.client.get_metric_history
         steps = [m.step for k in run.data.metrics for m in history(run_id, k)]
         self.done_step = max(steps, default=-1)
-        self.resumed_latest = dict(run.data.metrics)
+        self.latest = dict(run.data.metrics)
         self.client.update_run(run_id, status="RUNNING")
         return run_id
 
@@ -706,7 +706,7 @@ def start_study_run(
         None,
         job_type="study",
         extra_tags=tags,
-        previous=_previous(run_dir) if resume else None,
+        resume=resume,
     )
     study = StudyRun(trackers)
     study.set_tags({**tags, **provenance_tags(cfg, seeds=False)})
