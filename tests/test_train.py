@@ -114,6 +114,19 @@ def test_a_fresh_run_starts_an_empty_history(tmp_path, tiny_cfg):
     assert [r["epoch"] for r in iter_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1]
 
 
+def test_a_run_directory_has_one_writer_at_a_time(tmp_path, tiny_cfg):
+    from wash_sweeps.errors import RunFailure
+    from wash_sweeps.results import exclusive
+
+    busy = r"run directory .*run is in use by another run"
+    with exclusive(tmp_path / "run"), pytest.raises(RunFailure, match=busy):  # another holds it
+        train_and_evaluate(tiny_cfg(epochs=1), tmp_path / "run")
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # the refused run wrote nothing
+    train_and_evaluate(tiny_cfg(epochs=1), tmp_path / "run")  # released: the next run goes
+    train_and_evaluate(tiny_cfg(epochs=1), tmp_path / "run2")  # a run releases it at its end
+    train_and_evaluate(tiny_cfg(epochs=1), tmp_path / "run2")
+
+
 def test_resume_refuses_a_different_config(tmp_path, tiny_cfg):
     train_and_evaluate(tiny_cfg(epochs=1), tmp_path / "run")
     with pytest.raises(ValueError, match="differs from this run's in fields: p"):

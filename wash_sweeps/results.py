@@ -59,6 +59,32 @@ def write_json(path: str | Path, obj: Any) -> None:
     )
 
 
+@contextlib.contextmanager
+def exclusive(path: str | Path) -> Iterator[None]:
+    """Hold run directory `path` for the block: a second process (or a second run in this one)
+    that tries to write it at the same time fails at once with one line, instead of both
+    appending to one history. The lock is on the directory itself (no lock file), and the
+    kernel drops it when the holder dies, even by kill -9."""
+    import fcntl
+
+    from .errors import RunFailure
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunFailure(
+                f"run directory {path} is in use by another run; wait for it to end or "
+                "choose another directory (--workdir)"
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 

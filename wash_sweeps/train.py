@@ -11,6 +11,7 @@ continued exactly where it stopped with `resume=True`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -39,7 +40,7 @@ from .metrics import (
     population_predictions,
 )
 from .population import Population
-from .results import RunDir, provenance, read_json
+from .results import RunDir, exclusive, provenance, read_json
 from .tracking import Tracker, make_tracker
 
 OnEpoch = Callable[[int, dict[str, float]], None]
@@ -439,6 +440,24 @@ def train_and_evaluate(
         done = _finished_summary(cfg, workdir)
         if done is not None:
             return done  # already finished: nothing to redo, no tracker run reopened
+    # one writer per run directory at a time (the other processes of a distributed run write none)
+    with exclusive(cfg.run_dir(workdir)) if writer else contextlib.nullcontext():
+        return _train(
+            cfg, workdir, tracker, on_epoch, resume, exchange, members, writer, checkpoint
+        )
+
+
+def _train(
+    cfg: TrainConfig,
+    workdir: str | Path | None,
+    tracker: Tracker | None,
+    on_epoch: OnEpoch | None,
+    resume: bool,
+    exchange: Exchange | None,
+    members: list[int] | None,
+    writer: bool,
+    checkpoint: dict[str, Any] | None,
+) -> dict[str, Any]:
     ckpt = checkpoint
     if ckpt is None and resume and writer:
         ckpt = RunDir(cfg.run_dir(workdir)).load_checkpoint()
