@@ -10,9 +10,12 @@ from wash_sweeps.config import ConfigError, TrainConfig
 from wash_sweeps.data import augment_batch, batch, epoch_order, load_data, steps_per_epoch
 
 
-def _write_cifar(root, name, n_per_file=8):
-    """A tiny CIFAR in torchvision's on-disk format (python pickle batches)."""
+def _write_cifar(root, name, monkeypatch, n_per_file=8):
+    """A tiny CIFAR in torchvision's on-disk format (python pickle batches); torchvision's
+    checksum lists are patched to these files' MD5s (the loader checks them)."""
     from torchvision import datasets
+
+    from wash_sweeps.data import file_md5
 
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
     folder = root / cls.base_folder
@@ -27,12 +30,15 @@ def _write_cifar(root, name, n_per_file=8):
         }
         with (folder / fname).open("wb") as f:
             pickle.dump(entry, f)
+    for attr in ("train_list", "test_list"):
+        listed = [[f, file_md5(folder / f)] for f, _ in getattr(cls, attr)]
+        monkeypatch.setattr(cls, attr, listed)
     return folder
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
-def test_cifar_loads_from_torchvision_format(tmp_path, name):
-    folder = _write_cifar(tmp_path, name)
+def test_cifar_loads_from_torchvision_format(tmp_path, name, monkeypatch):
+    folder = _write_cifar(tmp_path, name, monkeypatch)
     cfg = TrainConfig.from_preset(
         f"{name}-resnet18", data_root=str(tmp_path), batch_size=4, held_out_fraction=0.1
     )

@@ -108,7 +108,7 @@ def reference(tmp_path_factory) -> dict[str, tuple[TrainConfig, dict, dict]]:
 
 
 def _checkpoint(run_dir: Path) -> dict:
-    return torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    return torch.load(run_dir / "checkpoint.pt", weights_only=True)
 
 
 def test_member_slices_are_contiguous_and_balanced():

@@ -11,8 +11,11 @@ epoch), so a resumed run sees the same order): no per-member DataLoader.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
+import pickle
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -76,12 +79,56 @@ def _digits(seed: int) -> tuple[np.ndarray, ...]:
     return x[train], y[train], x[test], y[test]
 
 
+def file_md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles dicts, lists, bytes, numbers and numpy arrays; any other global (a function to
+    call: os.system, builtins.eval...) is refused before it is looked up."""
+
+    _ALLOWED: ClassVar[frozenset[tuple[str, str]]] = frozenset(
+        {
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+        }
+    )
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
+        return super().find_class(module, name)
+
+
+def _read_cifar_batch(path: Path, md5: str, root: str) -> dict:
+    """One torchvision CIFAR batch file, checked against torchvision's MD5 before unpickling."""
+    if file_md5(path) != md5:
+        raise ConfigError(
+            f"data_root={root!r}: {path} does not match torchvision's MD5 for {path.name} "
+            "(corrupt or not the original file); not read. Replace it with the extracted archive"
+        )
+    try:
+        with path.open("rb") as f:
+            entry = _ArraysOnly(f, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
+        raise ConfigError(f"data_root={root!r}: {path} is not a CIFAR batch file ({e})") from None
+    if not isinstance(entry, dict):
+        raise ConfigError(f"data_root={root!r}: {path} is not a CIFAR batch file")
+    return entry
+
+
 def _cifar(name: str, root: str, download: bool) -> tuple[np.ndarray, ...]:
     """CIFAR-10/100 from torchvision's on-disk format (the python pickle batches under
     `root/cifar-10-batches-py` or `root/cifar-100-python`); torchvision downloads them when asked.
-    Read directly so that any file in that format loads (torchvision would also check MD5s)."""
-    import pickle
-
+    Each file is checked against torchvision's MD5 (`train_list` / `test_list`) before it is
+    unpickled, and unpickled with numpy arrays as the only objects allowed: a planted file runs
+    no code."""
     from torchvision import datasets
 
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
@@ -93,15 +140,14 @@ def _cifar(name: str, root: str, download: bool) -> tuple[np.ndarray, ...]:
 
     def read(files: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
         xs, ys = [], []
-        for fname, _md5 in files:
+        for fname, md5 in files:
             path = folder / fname
             if not path.exists():
                 raise ConfigError(
                     f"data_root={root!r}: {name} file {path} is missing; put "
                     "torchvision's extracted CIFAR files there or set download=true"
                 )
-            with path.open("rb") as f:
-                entry = pickle.load(f, encoding="bytes")
+            entry = _read_cifar_batch(path, md5, root)
             xs.append(np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             ys.append(np.asarray(entry[label_key], dtype=np.int64))
         return np.concatenate(xs).transpose(0, 2, 3, 1), np.concatenate(ys)  # NHWC like torchvision

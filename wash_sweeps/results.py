@@ -178,20 +178,69 @@ class RunDir:
         write_json(self.summary_path, summary)
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        path = self.checkpoint_path
+        """Write `state` (plain tensors, dicts, lists, numbers, strings: what `weights_only`
+        loading accepts) atomically: fsynced before the rename, no temp file left behind."""
+        self.remove_orphans()
         fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".checkpoint.")
-        os.close(fd)
         try:
-            torch.save(state, tmp)
-            os.replace(tmp, path)
+            with os.fdopen(fd, "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.checkpoint_path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
 
+    def remove_orphans(self) -> None:
+        """Temp files of writes a killed process never finished (the holder of the directory's
+        lock is the only writer, so none of them is in use)."""
+        for tmp in self.path.glob(".checkpoint.*"):
+            tmp.unlink(missing_ok=True)
+        for name in ("config.json", "summary.json", "metrics.jsonl"):
+            for tmp in self.path.glob(f".{name}.*"):
+                tmp.unlink(missing_ok=True)
+
     def load_checkpoint(self) -> dict[str, Any] | None:
+        """The checkpoint, or None if there is none. Loaded with `weights_only=True`: a file that
+        holds anything but tensors and plain containers is refused (ConfigError, one line) and
+        none of its code runs."""
         if not self.checkpoint_path.exists():
             return None
-        return torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        return load_checkpoint_file(self.checkpoint_path)
+
+
+CHECKPOINT_KEYS = ("config", "population", "state")
+
+
+def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by `RunDir.save_checkpoint`, refusing anything else in one line
+    (never unpickling code: `weights_only=True`)."""
+    from .config import ConfigError
+
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError for foreign objects, RuntimeError for a bad zip
+        raise ConfigError(
+            f"checkpoint {path}: not a checkpoint of this tool ({_load_reason(e)}); "
+            "nothing in it was run. Delete it to start the run again"
+        ) from None
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
+        raise ConfigError(
+            f"checkpoint {path}: not a checkpoint of this tool (expected a mapping with keys "
+            f"{', '.join(CHECKPOINT_KEYS)}). Delete it to start the run again"
+        )
+    return ckpt
+
+
+def _load_reason(e: Exception) -> str:
+    """torch's refusal in a few words (its message also suggests weights_only=False: not that)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    for ln in lines:
+        if "unsupported" in ln.lower():
+            return ln[:200]
+    return f"{type(e).__name__}: {lines[0][:120]}" if lines else type(e).__name__
 
 
 def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
