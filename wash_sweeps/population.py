@@ -20,15 +20,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from . import regularization as member_reg
 from . import seeding
 from .config import TrainConfig
 from .models import build_model, layer_index
 from .shuffle import Segment, layer_probabilities
 
 _ADAM_BETAS, _ADAM_EPS = (0.9, 0.999), 1e-8
-# per-member regularisation draws (PAPA): label smoothing and mixup alpha
-_SMOOTHING = (0.0, 0.05, 0.1, 0.15, 0.2)
-_MIXUP = (0.0, 0.2, 0.4)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,26 +182,23 @@ class Population:
         return len(self.members)
 
     # --- training ---------------------------------------------------------------------------
-    def regularization(self, member: int) -> tuple[float, float]:
-        """(label smoothing, mixup alpha) of a member; (0, 0) unless member_regularization."""
-        if not self.cfg.member_regularization:
-            return 0.0, 0.0
-        rng = seeding.numpy_rng(self.cfg.seed, seeding.REGULARIZATION, member)
-        return float(rng.choice(_SMOOTHING)), float(rng.choice(_MIXUP))
+    def regularization(self, member: int) -> member_reg.MemberRegularization:
+        """A member's entry of PAPA's grid; all zeros unless member_regularization."""
+        return member_reg.for_member(self.cfg.seed, member, self.cfg.member_regularization)
 
     def member_loss(self, row: int, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
         member = self.members[row]
-        smoothing, alpha = self.regularization(member)
+        reg = self.regularization(member)
         model = self.models[row]
-        if alpha > 0:
-            rng = seeding.numpy_rng(self.cfg.seed, seeding.REGULARIZATION, member, step)
-            lam = float(rng.beta(alpha, alpha))
-            perm = torch.from_numpy(rng.permutation(len(y))).to(x.device)
-            out = model(lam * x + (1 - lam) * x[perm])
-            return lam * F.cross_entropy(out, y, label_smoothing=smoothing) + (
-                1 - lam
-            ) * F.cross_entropy(out, y[perm], label_smoothing=smoothing)
-        return F.cross_entropy(model(x), y, label_smoothing=smoothing)
+        if reg == member_reg.NONE:
+            return F.cross_entropy(model(x), y)
+        # erasing first, then mixing: PAPA erases in the dataset transform, mixes in the step
+        rng = member_reg.batch_rng(self.cfg.seed, member, step)
+        x = member_reg.random_erase(x, reg.erase, rng)
+        if reg.mixes:
+            x, target = member_reg.mix_batch(x, y, self.n_classes, reg, rng)
+            return member_reg.soft_cross_entropy(model(x), target)
+        return F.cross_entropy(model(x), y, label_smoothing=reg.smoothing)
 
     def train_step(
         self, batches: Sequence[tuple[torch.Tensor, torch.Tensor]], lr: float, step: int
