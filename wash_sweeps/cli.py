@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from .config import ConfigError
 from .errors import RunFailure
+from .redact import redact_text
 
 # command -> (module, help); each module has add_arguments(parser) and run(args) -> int
 COMMANDS = {
@@ -65,10 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         mod = importlib.import_module(args._module)
         return int(mod.run(args.command, args) or 0)
     except ConfigError as e:
-        print(f"wash-sweeps: error: {e}", file=sys.stderr)
+        print(f"wash-sweeps: error: {redact_text(str(e))}", file=sys.stderr)
         return 2
     except RunFailure as e:
-        print(f"wash-sweeps: error: {e}", file=sys.stderr, flush=True)
+        print(f"wash-sweeps: error: {redact_text(str(e))}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
         print("wash-sweeps: interrupted; results written so far are kept", file=sys.stderr)

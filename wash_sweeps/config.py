@@ -342,6 +342,19 @@ def _check_cross_fields(c: TrainConfig) -> None:
             raise ConfigError(f"track={c.track!r}: allowed trackers are wandb, mlflow")
     if "/" in c.run_name or c.run_name in (".", ".."):
         raise ConfigError(f"run_name={c.run_name!r}: must be a plain directory name")
+    _check_no_credentials(c)
+
+
+def _check_no_credentials(c: TrainConfig) -> None:
+    """A config is written to disk and to trackers: it never holds a password."""
+    from .redact import has_password, redact_url
+
+    if has_password(c.mlflow_uri):
+        raise ConfigError(
+            f"mlflow_uri={redact_url(c.mlflow_uri)!r}: holds a password, which would be recorded "
+            "with the run; give the URI without it and set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD in the environment"
+        )
 
 
 # --- presets: deltas over the default ---------------------------------------------------------

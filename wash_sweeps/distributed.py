@@ -511,11 +511,11 @@ def _stop_group(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
 
 def _mark_killed(workdir: Path) -> None:
     """The stopped job's MLflow run (named in trackers.json) ends KILLED, not RUNNING."""
-    from .tracking import TRACKERS_FILE
+    from .tracking import TRACKERS_FILE, stored_uri
 
     path = workdir / TRACKERS_FILE
     with contextlib.suppress(Exception):  # best effort: the local results are what count
         ref = json.loads(path.read_text())["mlflow"]
         from mlflow.tracking import MlflowClient
 
-        MlflowClient(tracking_uri=ref["uri"]).set_terminated(ref["run_id"], "KILLED")
+        MlflowClient(tracking_uri=stored_uri(ref["uri"])).set_terminated(ref["run_id"], "KILLED")

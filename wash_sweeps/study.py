@@ -6,12 +6,16 @@
     wash-sweeps study sweeps/wash_p.yaml --n-trials 8 --nproc-per-trial 4  # each trial: torchrun
     wash-sweeps study sweeps/wash_p.yaml --n-trials 100 \\
         --storage postgresql+psycopg2://USER@HOST:5432/DB             # one per machine, shared DB
+    PGPASSWORD=... wash-sweeps study ...      # the password from the environment, never argv
+    WASH_SWEEPS_STORAGE=postgresql+psycopg2://USER:PW@HOST/DB wash-sweeps study ...   # or so
     wash-sweeps study-report --out runs/studies/wash-p                  # PNG figures
     optuna-dashboard --host 127.0.0.1 runs/studies/wash-p/optuna-journal.log
 
 Storage: by default Optuna's journal file `<out>/optuna-journal.log` (safe for several local
-processes); `--storage` takes an SQLite or PostgreSQL URL, or another journal file path. The
-study is created once before any worker starts (workers racing on a fresh schema crash).
+processes); `--storage` (or the environment variable WASH_SWEEPS_STORAGE) takes an SQLite or
+PostgreSQL URL, or another journal file path. The study is created once before any worker starts
+(workers racing on a fresh schema crash). The URL reaches the worker processes through their
+environment, never their command line, and is printed with its password as `***`.
 
 Each trial is `train_and_evaluate` in `<out>/trials/trial-<number>`; it reports the sweep's
 metric every epoch and may be pruned (single objective); several objectives use NSGA-II with no
@@ -54,6 +58,7 @@ from .config import (
     add_set_argument,
     parse_overrides,
 )
+from .redact import STORAGE_ENV, redact_text, redact_url
 from .results import write_json
 from .sweep_spec import SweepSpec, load_spec
 
@@ -69,14 +74,18 @@ def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
     if command == "study-report":
         p.add_argument("--out", default=None, help="the study's output dir (figures go here)")
         p.add_argument(
-            "--storage", default=None, help=f"URL or journal file (default OUT/{JOURNAL_NAME})"
+            "--storage",
+            default=None,
+            help=f"URL or journal file (default ${STORAGE_ENV}, else OUT/{JOURNAL_NAME})",
         )
         p.add_argument("--study-name", default=None, help="default: the only study in storage")
         return
     p.add_argument("sweep_file", help="a sweep file (see sweeps/)")
     p.add_argument("--n-trials", type=int, default=None, help="trials in total (all workers)")
     p.add_argument(
-        "--storage", default=None, help=f"URL or journal file (default OUT/{JOURNAL_NAME})"
+        "--storage",
+        default=None,
+        help=f"URL or journal file (default ${STORAGE_ENV}, else OUT/{JOURNAL_NAME})",
     )
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
     add_nproc_argument(p)
@@ -136,12 +145,23 @@ def open_storage(url: str, heartbeat: int = 10, grace: int = 60, max_retry: int 
         with warnings.catch_warnings():
             # heartbeats are "experimental" in Optuna 5; they are what makes a study crash-safe
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return _rdb(url, kwargs, heartbeat, grace, max_retry)
+            try:
+                return _rdb(url, kwargs, heartbeat, grace, max_retry)
+            except Exception as e:  # a bad URL, no driver, no server: one line, no password
+                raise ConfigError(
+                    f"--storage {redact_url(url)}: cannot open it ({type(e).__name__}: "
+                    f"{redact_text(_first_line(e))})"
+                ) from None
     from optuna.storages.journal import JournalFileBackend
 
     path = Path(url)
     path.parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[0][:300] if lines else type(e).__name__
 
 
 def _rdb(url: str, kwargs: dict, heartbeat: int, grace: int, max_retry: int) -> Any:
@@ -405,7 +425,7 @@ def run_trial(
     except (ConfigError, RunFailure, ValueError) as e:
         # a bad sampled combination, a NaN loss, a checkpoint that does not match, a failed
         # torchrun job: the study goes on
-        note = f"{type(e).__name__}: {e}"
+        note = redact_text(f"{type(e).__name__}: {e}")
         trial.set_user_attr(FAIL_REASON, note)
     study.tell(trial, values if state == TrialState.COMPLETE else None, state=state)
     shown = ", ".join(
@@ -475,7 +495,7 @@ def study_command(args: argparse.Namespace) -> int:
     spec = load_spec(args.sweep_file, overrides)
     name = args.study_name or spec.name
     out = Path(args.out or Path("runs") / "studies" / name)
-    storage_url = args.storage or str(out / JOURNAL_NAME)
+    storage_url = args.storage or os.environ.get(STORAGE_ENV) or str(out / JOURNAL_NAME)
     own_db = not (spec.base.get("mlflow_uri") or os.environ.get("MLFLOW_TRACKING_URI"))
     if _tracks(spec, "mlflow") and own_db:
         # the study's parent run and its trials in one database, so trials nest under it
@@ -486,7 +506,7 @@ def study_command(args: argparse.Namespace) -> int:
     storage = open_storage(storage_url, args.heartbeat, args.grace, args.max_retry)
     study = load_or_create(storage, name, spec, args)
     if args.create_only:
-        print(f"study {name!r} ready in {storage_url} ({n_trials} trials)")
+        print(f"study {name!r} ready in {redact_url(storage_url)} ({n_trials} trials)")
         return 0
     ctx = {
         "mlflow_parent": args.mlflow_parent,
@@ -506,7 +526,7 @@ def study_command(args: argparse.Namespace) -> int:
     ctx["mlflow_parent"] = parent.mlflow_run_id if parent else None
     print(
         f"study {name!r}: {n_trials} trials, {args.workers} worker(s), "
-        f"storage {storage_url}, out {out}",
+        f"storage {redact_url(storage_url)}, out {out}",
         flush=True,
     )
     status = "FAILED"
@@ -561,8 +581,6 @@ def _run_workers(
         "study",
         args.sweep_file,
         "--worker",
-        "--storage",
-        storage_url,
         "--study-name",
         name,
         "--out",
@@ -588,10 +606,12 @@ def _run_workers(
         cmd += ["--track", args.track]
     if ctx["mlflow_parent"]:
         cmd += ["--mlflow-parent", ctx["mlflow_parent"]]
+    # the storage URL (it may hold a password) through the environment: never on a command line
+    env = {**os.environ, STORAGE_ENV: storage_url}
     procs = []
     for i in range(args.workers):
         # each worker samples with its own seed, else two workers propose the same first points
-        procs.append(subprocess.Popen([*cmd, "--seed", str(args.seed + i)]))
+        procs.append(subprocess.Popen([*cmd, "--seed", str(args.seed + i)], env=env))
     codes = [p.wait() for p in procs]
     bad = [c for c in codes if c != 0]
     if bad:
@@ -706,10 +726,11 @@ def report(args: argparse.Namespace) -> int:
     import matplotlib.pyplot as plt
     import optuna
 
-    if not args.out and not args.storage:
+    given = args.storage or os.environ.get(STORAGE_ENV)
+    if not args.out and not given:
         raise ConfigError("study-report: give --out (the study's directory) or --storage")
     out = Path(args.out or ".")
-    url = args.storage or str(out / JOURNAL_NAME)
+    url = given or str(out / JOURNAL_NAME)
     if "://" not in url and not Path(url).is_file():
         raise ConfigError(f"study-report: storage file {url!r} does not exist")
     storage = open_storage(url)

@@ -61,6 +61,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .redact import argv_has_secret, redact_text, redact_url
+
 TRACKERS = ("wandb", "mlflow")
 TRACKERS_FILE = "trackers.json"  # in a run directory: the ids of its tracker runs, for resuming
 MLFLOW_PARAM_MAX = 6000  # characters per MLflow param value
@@ -179,7 +181,7 @@ class FanOut(Tracker):
 
 
 def warn(message: str) -> None:
-    print(f"wash-sweeps: warning: {message}", file=sys.stderr, flush=True)
+    print(f"wash-sweeps: warning: {redact_text(message)}", file=sys.stderr, flush=True)
 
 
 def _first_line(e: BaseException) -> str:
@@ -359,7 +361,13 @@ class WandbTracker(Tracker):
             dir=dirs["WANDB_DIR"],
             mode=mode,
             reinit="create_new",  # a study run and its trials can be open at once
-            settings=wandb.Settings(console="off", init_timeout=60, x_disable_stats=True),
+            settings=wandb.Settings(
+                console="off",
+                init_timeout=60,
+                x_disable_stats=True,
+                # W&B's metadata holds the command line: not recorded when it holds a password
+                x_disable_meta=argv_has_secret(sys.argv),
+            ),
         )
         self.step = 0
         # steps below this are already in a continued run (W&B drops them with a warning)
@@ -444,6 +452,13 @@ def mlflow_uri(cfg: Any) -> str:
     return f"sqlite:///{Path(cfg.out_dir).resolve() / 'mlflow.db'}"
 
 
+def stored_uri(recorded: str) -> str:
+    """The tracking URI a trackers.json entry names: it is kept with its password as ***, so the
+    password comes back from MLFLOW_TRACKING_URI when that is the same store."""
+    env = os.environ.get("MLFLOW_TRACKING_URI", "")
+    return env if env and redact_url(env) == recorded else recorded
+
+
 def mlflow_key(key: str) -> str:
     """The metric/param key MLflow accepts: characters it refuses become `_`."""
     return _MLFLOW_BAD_KEY.sub("_", key)[:250]
@@ -455,7 +470,9 @@ def _check_server(uri: str, timeout_s: float = 3.0) -> None:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as r:
             r.read()
     except (OSError, urllib.error.URLError) as e:
-        raise ConnectionError(f"MLflow server {uri} does not answer: {e}") from None
+        raise ConnectionError(
+            f"MLflow server {redact_url(uri)} does not answer: {redact_text(str(e))}"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -534,11 +551,12 @@ class MlflowTracker(Tracker):
         self.last_step = max(self.done_step, 0)
 
     def ref(self):
-        return {"run_id": self.run_id, "uri": self.uri}
+        return {"run_id": self.run_id, "uri": redact_url(self.uri)}
 
     def _continue(self, previous: Mapping[str, Any] | None) -> str | None:
         """The recorded run, back to RUNNING, if it is in this tracking store; else None."""
-        if not previous or previous.get("uri") != self.uri or not previous.get("run_id"):
+        same_store = previous and previous.get("uri") == redact_url(self.uri)
+        if not same_store or not previous.get("run_id"):
             return None
         try:
             run = self.client.get_run(str(previous["run_id"]))
