@@ -22,6 +22,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from wash_sweeps.config import coerce, parse_overrides
@@ -153,17 +154,21 @@ def write_tables(
     return paths
 
 
-SUMMARY_METRICS = ["val/acc_avg", "val/acc_ens", "val/acc_member_mean", "comm/bytes_total"]
+# the validation accuracy that chooses a setting, then the test numbers that report it
+SUMMARY_METRICS = ["val/acc_avg", "test/acc_avg", "test/acc_ens", "test/acc_member_mean",
+                   "comm/bytes_total"]  # fmt: skip
 
 
 def summary_metrics(table: pd.DataFrame) -> dict[str, Any]:
-    """{"N5 wash p=0.01 ...": {"val/acc_avg": mean, ..., "n": seeds}}: DVC's metrics file,
-    small enough for `dvc metrics show` / `dvc exp show`."""
-    stats = mean_std(table, ["n_members", "label"], SUMMARY_METRICS)
+    """{"N5 wash p=0.01 ...": {"test/acc_avg": mean, ..., "n": seeds}}: DVC's metrics file,
+    small enough for `dvc metrics show` / `dvc exp show`. Metrics the runs lack are left out."""
+    present = [m for m in SUMMARY_METRICS if m in table.columns]
+    stats = mean_std(table, ["n_members", "label"], present)
     out = {}
     for row in stats.to_dict(orient="records"):
         key = f"N{row['n_members']} {row['label']}"
-        out[key] = {m: round(float(row[m]), 6) for m in SUMMARY_METRICS} | {"n": int(row["n"])}
+        values = {m: round(float(row[m]), 6) for m in present if finite(row[m])}
+        out[key] = values | {"n": int(row["n"])}
     return out
 
 
@@ -178,12 +183,17 @@ def read_tables(tables: str | Path) -> dict[str, Any]:
 
 
 def mean_std(df: pd.DataFrame, by: list[str], columns: list[str]) -> pd.DataFrame:
-    """Mean, sample std (ddof=1; 0 for one seed) and n over seeds of `columns`, per `by` group."""
+    """Mean, sample std (ddof=1; 0 for one seed) and n over seeds of `columns`, per `by` group:
+    columns c, c:std, c:n (runs with a value of c) and n (runs in the group). A column no run
+    has (a metric older run directories lack) is all NaN with c:n = 0."""
+    df = df.assign(**{c: np.nan for c in columns if c not in df.columns})
     grouped = df.groupby(by, sort=True, dropna=False)
     out = grouped[columns].mean()
-    std = grouped[columns].std(ddof=1).fillna(0.0)
+    std = grouped[columns].std(ddof=1)
+    count = grouped[columns].count()
     for c in columns:
-        out[f"{c}:std"] = std[c]
+        out[f"{c}:std"] = std[c].where(count[c] != 1, 0.0)
+        out[f"{c}:n"] = count[c]
     out["n"] = grouped.size()
     return out.reset_index()
 

@@ -6,7 +6,10 @@
 
 Every function takes tables (never a tracking server), writes `<out>/<name>.png` and `.pdf`, and
 returns the arrays it plotted (the tests check those against the input). Mean +- std are over
-seeds (sample std); each title states n.
+seeds (sample std); each title states n. Accuracies are test accuracies (`test/` keys); a
+setting singled out (PAPA's reference rate, the marked WASH p, the Pareto front) is chosen on
+validation (`val/` keys) by `analysis.selection`. The report (`analysis.report`) is written
+after the figures; it does not import this module.
 """
 
 from __future__ import annotations
@@ -20,47 +23,24 @@ import matplotlib.cm
 import numpy as np
 import pandas as pd
 
-from analysis import style
+from analysis import report, style
 from analysis.aggregate import mean_std, read_tables, write_tables
+from analysis.selection import (
+    REPORT_KEY,
+    SELECT_KEY,
+    ablation_runs,
+    chosen_settings,
+    column,
+    compared,
+    has_ablation,
+    has_metric,
+    label_info,
+    main_n,
+    wash_grid,
+)
 
-ACCS = ["val/acc_avg", "val/acc_ens", "val/acc_member_mean"]
-BASELINES = ["independent", "papa", "papa_all"]
-
-
-# --- which runs a figure compares ---------------------------------------------------------------
-
-
-def main_n(runs: pd.DataFrame) -> int:
-    """The population size of the main grid: the N with the most runs."""
-    return int(runs["n_members"].mode().iloc[0])
-
-
-def main_wash_setting(runs: pd.DataFrame) -> tuple[str, bool]:
-    """(layer_schedule, shuffle_optimizer_state) of the p grid: the one with the most p values."""
-    wash = runs[runs["method"] == "wash"]
-    counts = wash.groupby(["layer_schedule", "shuffle_optimizer_state"])["p"].nunique()
-    schedule, opt = counts.idxmax()
-    return str(schedule), bool(opt)
-
-
-def wash_grid(runs: pd.DataFrame, n: int | None = None) -> pd.DataFrame:
-    """WASH runs of the main setting at population size `n` (default: the main N)."""
-    n = main_n(runs) if n is None else n
-    schedule, opt = main_wash_setting(runs)
-    keep = (
-        (runs["method"] == "wash")
-        & (runs["n_members"] == n)
-        & (runs["layer_schedule"] == schedule)
-        & (runs["shuffle_optimizer_state"] == opt)
-    )
-    return runs[keep]
-
-
-def compared(runs: pd.DataFrame) -> pd.DataFrame:
-    """The baselines and the WASH p grid at the main N (figures 3-5)."""
-    n = main_n(runs)
-    base = runs[runs["method"].isin(BASELINES) & (runs["n_members"] == n)]
-    return pd.concat([base, wash_grid(runs, n)])
+# what the accuracy figures plot: the test split (settings are chosen on validation elsewhere)
+ACCS = ["test/acc_avg", "test/acc_ens", "test/acc_member_mean"]
 
 
 def label_color(label: str, method: str, wash_ps: list[float], p: float) -> str:
@@ -71,24 +51,29 @@ def label_color(label: str, method: str, wash_ps: list[float], p: float) -> str:
     return matplotlib.cm.Reds(0.35 + 0.6 * rank / max(len(wash_ps) - 1, 1))
 
 
-def _label_info(df: pd.DataFrame) -> list[tuple[str, str, float]]:
-    first = df.drop_duplicates("label")[["label", "method", "p"]]
-    order = {m: i for i, m in enumerate([*BASELINES, "wash"])}
-    rows = sorted(first.itertuples(index=False), key=lambda r: (order.get(r.method, 9), r.p))
-    return [(r.label, r.method, float(r.p)) for r in rows]
-
-
 def _short(label: str, method: str, p: float) -> str:
-    return f"WASH p={p:g}" if method == "wash" else style.label(method)
+    if method == "wash":
+        return f"WASH p={p:g}"
+    if method == "papa":  # PAPA's rates are settings of their own: "PAPA rate=0.1"
+        return f"{style.label(method)} {label.removeprefix('papa ')}"
+    return style.label(method)
+
+
+def _tested(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs with a test accuracy (runs from before the validation split have none)."""
+    return runs[column(runs, REPORT_KEY).notna()]
 
 
 # --- figure 1 -----------------------------------------------------------------------------------
 
 
 def fig_accuracy_vs_p(runs: pd.DataFrame, out: Path) -> dict[str, Any]:
-    """WASH's averaged / ensemble / mean-member accuracy against p (log x), with the naive
-    average of independent members and PAPA's averaged model as horizontal references."""
+    """WASH's averaged / ensemble / mean-member test accuracy against p (log x), with the naive
+    average of independent members and the averaged model of PAPA's setting chosen on
+    validation as horizontal references; the WASH p chosen on validation is marked."""
     n = main_n(runs)
+    chosen = chosen_settings(runs, n)
+    runs = _tested(runs)
     stats = mean_std(wash_grid(runs, n), ["p"], ACCS)
     fig, ax = style.figure()
     data: dict[str, Any] = {"p": stats["p"].to_numpy(), "n": stats["n"].tolist()}
@@ -98,19 +83,27 @@ def fig_accuracy_vs_p(runs: pd.DataFrame, out: Path) -> dict[str, Any]:
         ax.errorbar(data["p"], m, yerr=s, color=style.color("wash"), capsize=3, **kw)
         data[col] = (m, s)
     for method in ("independent", "papa"):
-        ref = runs[(runs["method"] == method) & (runs["n_members"] == n)]
+        ref = runs[(runs["label"] == chosen.get(method)) & (runs["n_members"] == n)]
         if ref.empty:
             continue
-        m, s = ref["val/acc_avg"].mean() * 100, ref["val/acc_avg"].std(ddof=1) * 100
+        m, s = ref[REPORT_KEY].mean() * 100, ref[REPORT_KEY].std(ddof=1) * 100
         s = 0.0 if np.isnan(s) else s
-        ax.axhline(m, color=style.color(method), linestyle="-.", label=f"{style.label(method)}")
+        name = _short(chosen[method], method, 0.0)
+        ax.axhline(m, color=style.color(method), linestyle="-.", label=name)
         ax.axhspan(m - s, m + s, color=style.color(method), alpha=0.12)
         data[method] = (m, s)
+    wash_label = chosen.get("wash")
+    grid = wash_grid(runs, n)
+    data["chosen_p"] = None
+    if wash_label in set(grid["label"]):
+        data["chosen_p"] = float(grid.loc[grid["label"] == wash_label, "p"].iloc[0])
+        ax.axvline(data["chosen_p"], color="black", linewidth=0.8, linestyle=":",
+                   label=f"p chosen on validation ({data['chosen_p']:g})")  # fmt: skip
     ax.set_xscale("log")
     ax.set_xlabel("WASH shuffle probability p (per coordinate per step, log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(
-        f"Accuracy vs shuffle probability (N = {n}; mean ± std, {style.n_note(data['n'])})"
+        f"Test accuracy vs shuffle probability (N = {n}; mean ± std, {style.n_note(data['n'])})"
     )
     ax.legend(loc="best")
     data["files"] = style.save(fig, out / "fig1_accuracy_vs_p")
@@ -123,11 +116,12 @@ def fig_accuracy_vs_p(runs: pd.DataFrame, out: Path) -> dict[str, Any]:
 def fig_accuracy_vs_n(runs: pd.DataFrame, out: Path) -> dict[str, Any]:
     """Averaged-model and ensemble accuracy against population size N, one line per method
     (the configurations that were run at more than one N)."""
+    runs = _tested(runs)
     sizes = runs.groupby("label")["n_members"].nunique()
     multi = runs[runs["label"].isin(sizes[sizes > 1].index)]
     fig, axes = style.figure(2)
     data: dict[str, Any] = {}
-    for label, method, p in _label_info(multi):
+    for label, method, p in label_info(multi):
         stats = mean_std(multi[multi["label"] == label], ["n_members"], ACCS[:2])
         entry = {"N": stats["n_members"].to_numpy(), "n": stats["n"].tolist()}
         for ax, col in zip(axes, ACCS[:2], strict=True):
@@ -142,7 +136,7 @@ def fig_accuracy_vs_n(runs: pd.DataFrame, out: Path) -> dict[str, Any]:
     ):
         ax.set_xlabel("population size N (members)")
         ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"{title}; mean ± std, {style.n_note(ns)}")
+        ax.set_title(f"{title}, test; mean ± std, {style.n_note(ns)}")
         ax.set_xticks(sorted(multi["n_members"].unique()))
         ax.legend(loc="best")
     data["files"] = style.save(fig, out / "fig2_accuracy_vs_n")
@@ -152,17 +146,17 @@ def fig_accuracy_vs_n(runs: pd.DataFrame, out: Path) -> dict[str, Any]:
 # --- figure 3 -----------------------------------------------------------------------------------
 
 
-def _over_training(history: pd.DataFrame, runs: pd.DataFrame, column: str, ax) -> dict[str, Any]:
-    """Mean +- std of `column` against epoch, one line per compared configuration."""
+def _over_training(history: pd.DataFrame, runs: pd.DataFrame, key: str, ax) -> dict[str, Any]:
+    """Mean +- std of `key` against epoch, one line per compared configuration."""
     chosen = compared(runs)
     wash_ps = sorted(chosen.loc[chosen["method"] == "wash", "p"].unique().tolist())
-    hist = history[history["run"].isin(chosen["run"]) & history[column].notna()]
+    hist = history[history["run"].isin(chosen["run"]) & column(history, key).notna()]
     data = {}
-    for label, method, p in _label_info(chosen):
-        stats = mean_std(hist[hist["label"] == label], ["train/epoch"], [column])
+    for label, method, p in label_info(chosen):
+        stats = mean_std(hist[hist["label"] == label], ["train/epoch"], [key])
         if stats.empty:
             continue
-        x, m, s = stats["train/epoch"].to_numpy(), stats[column].to_numpy(), stats[f"{column}:std"]
+        x, m, s = stats["train/epoch"].to_numpy(), stats[key].to_numpy(), stats[f"{key}:std"]
         c = label_color(label, method, wash_ps, p)
         ax.plot(x, m, color=c, label=_short(label, method, p))
         ax.fill_between(x, m - s.to_numpy(), m + s.to_numpy(), color=c, alpha=0.15)
@@ -211,7 +205,7 @@ def fig_barriers(
     wash_ps = sorted(chosen.loc[chosen["method"] == "wash", "p"].unique().tolist())
     fig, axes = style.figure(2)
     data: dict[str, Any] = {"interpolation": {}}
-    for label, method, p in _label_info(chosen):
+    for label, method, p in label_info(chosen):
         recs = [r for r in curves if r["label"] == label and r["run"] in set(chosen["run"])]
         pair, _ = _mean_curve(recs, "pair/")
         to_avg, _ = _mean_curve(recs, "avg/")
@@ -252,21 +246,24 @@ def pareto_front(bytes_: np.ndarray, acc: np.ndarray) -> np.ndarray:
 
 
 def fig_accuracy_vs_bytes(runs: pd.DataFrame, out: Path) -> dict[str, Any]:
-    """Averaged-model accuracy against the total bytes the population communicated (log x;
-    no communication is drawn at a marked left edge), with the Pareto front."""
+    """Averaged-model test accuracy against the total bytes the population communicated (log x;
+    no communication is drawn at a marked left edge), with the Pareto front of the settings:
+    chosen on validation accuracy (fewer bytes, higher validation accuracy), drawn at their
+    test accuracy."""
     n = main_n(runs)
-    at_n = runs[runs["n_members"] == n]
-    stats = mean_std(at_n, ["label"], ["val/acc_avg", "comm/bytes_total"])
-    info = {lab: (m, p) for lab, m, p in _label_info(at_n)}
+    at_n = _tested(runs[runs["n_members"] == n])
+    stats = mean_std(at_n, ["label"], [SELECT_KEY, REPORT_KEY, "comm/bytes_total"])
+    info = {lab: (m, p) for lab, m, p in label_info(at_n)}
     mb = stats["comm/bytes_total"].to_numpy() / 1e6
     positive = mb[mb > 0]
     zero_x = positive.min() / 10 if positive.size else 1.0  # where "0 bytes" is drawn
     x = np.where(mb > 0, mb, zero_x)
-    acc = stats["val/acc_avg"].to_numpy() * 100
-    err = stats["val/acc_avg:std"].to_numpy() * 100
+    acc = stats[REPORT_KEY].to_numpy() * 100
+    err = stats[f"{REPORT_KEY}:std"].to_numpy() * 100
+    val = stats[SELECT_KEY].to_numpy() * 100
     wash_ps = sorted(p for m, p in info.values() if m == "wash")
     fig, ax = style.figure()
-    main_wash = set(wash_grid(runs, n)["label"])
+    main_wash = set(wash_grid(runs, n)["label"]) if (runs["method"] == "wash").any() else set()
     other_markers = iter("sDvP^<>")
     for i, lab in enumerate(stats["label"]):
         method, p = info[lab]
@@ -278,38 +275,30 @@ def fig_accuracy_vs_bytes(runs: pd.DataFrame, out: Path) -> dict[str, Any]:
         color = label_color(lab, method, wash_ps, p)
         ax.errorbar(x[i], acc[i], yerr=err[i], marker=marker, capsize=3, linestyle="none",
                     color=color, label=name)  # fmt: skip
-    front = pareto_front(mb, acc)
-    ax.step(x[front], acc[front], where="post", color="black", alpha=0.6, label="Pareto front")
+    front = pareto_front(mb, np.nan_to_num(val, nan=-np.inf))
+    ax.step(x[front], acc[front], where="post", color="black", alpha=0.6,
+            label="Pareto front (chosen on validation)")  # fmt: skip
     ax.set_xscale("log")
     ax.axvline(zero_x * 1.8, color="black", linewidth=0.6, linestyle=":")
     ticks = [t for t in ax.get_xticks() if t > zero_x * 2]
     ax.set_xticks([zero_x, *ticks], ["0", *[f"{t:g}" for t in ticks]])
-    ax.set_xlim(zero_x / 2, mb.max() * 3)
+    ax.set_xlim(zero_x / 2, np.nanmax([mb.max(), zero_x]) * 3)
     ax.set_xlabel("total bytes communicated by the population (MB, log scale; 0 at the left)")
     ax.set_ylabel("averaged-model test accuracy (%)")
-    ax.set_title(f"Accuracy vs communication (N = {n}; mean ± std, "
-                 f"{style.n_note(stats['n'].tolist())})")  # fmt: skip
+    ax.set_title(f"Test accuracy vs communication (N = {n}; mean ± std, "
+                 f"{style.n_note(stats[f'{REPORT_KEY}:n'].tolist())})")  # fmt: skip
     ax.legend(loc="best", fontsize=7)
     files = style.save(fig, out / "fig5_accuracy_vs_bytes")
-    return {"label": stats["label"].tolist(), "mb": mb, "acc": acc, "std": err,
+    return {"label": stats["label"].tolist(), "mb": mb, "acc": acc, "std": err, "val": val,
             "front": stats["label"].to_numpy()[front].tolist(), "files": files}  # fmt: skip
 
 
 # --- figure 6 -----------------------------------------------------------------------------------
 
 
-def ablation_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """WASH runs at the (N, p) where the most (schedule, optimizer-state) variants were run."""
-    wash = runs[runs["method"] == "wash"]
-    variants = wash.groupby(["n_members", "p"])[["layer_schedule", "shuffle_optimizer_state"]]
-    counts = variants.apply(lambda g: len(g.drop_duplicates()))
-    n, p = counts.idxmax()
-    return wash[(wash["n_members"] == n) & (wash["p"] == p)]
-
-
 def fig_ablation(runs: pd.DataFrame, out: Path) -> dict[str, Any]:
     """Uniform vs linear layer schedule, optimizer state shuffled or not: grouped bars."""
-    abl = ablation_runs(runs)
+    abl = ablation_runs(_tested(runs))
     stats = mean_std(abl, ["layer_schedule", "shuffle_optimizer_state"], ACCS)
     names = [
         f"{r.layer_schedule} p\nopt. state {'on' if r.shuffle_optimizer_state else 'off'}"
@@ -327,11 +316,12 @@ def fig_ablation(runs: pd.DataFrame, out: Path) -> dict[str, Any]:
     ax.set_ylabel("test accuracy (%)")
     ax.set_xlabel("WASH variant (layer schedule of p; momentum shuffled with its weights)")
     n, p = int(abl["n_members"].iloc[0]), float(abl["p"].iloc[0])
-    ax.set_title(f"Ablation at p = {p:g}, N = {n} (mean ± std, {style.n_note(data['n'])})")
+    ax.set_title(f"Ablation at p = {p:g}, N = {n} (test; mean ± std, {style.n_note(data['n'])})")
     ax.legend(loc="upper center", ncol=3)
-    lo = np.nanmin([np.min(data[c][0] - data[c][1]) for c in ACCS])
-    hi = np.nanmax([np.max(data[c][0] + data[c][1]) for c in ACCS])
-    ax.set_ylim(max(0.0, lo - 10), min(hi + 12, 110))  # headroom for the legend
+    ends = np.concatenate([np.concatenate([m - s, m + s]) for m, s in (data[c] for c in ACCS)])
+    ends = ends[np.isfinite(ends)]
+    if ends.size:  # headroom for the legend
+        ax.set_ylim(max(0.0, ends.min() - 10), min(ends.max() + 12, 110))
     data["files"] = style.save(fig, out / "fig6_ablation")
     return data
 
@@ -358,25 +348,28 @@ def fig_studies(study_dir: Path | None, out: Path) -> list[Path]:
 
 
 def draw_all(tables: Path, out: Path, study_dir: Path | None = None) -> dict[str, Any]:
-    """Every figure whose runs exist in `tables`; skipped figures map to None."""
+    """Every figure whose runs exist in `tables`; skipped figures map to None. The accuracy
+    figures (1, 2, 5, 6) need test metrics: tables of runs recorded before the validation split
+    existed have none, and only figures 3, 4 and 7 are drawn from them."""
     t = read_tables(tables)
     runs, history = t["runs"], t["history"]
-    has = set(runs["method"])
+    has = set(_tested(runs)["method"])
+    tested = has_metric(runs, REPORT_KEY)
     results: dict[str, Any] = {
-        "fig1": fig_accuracy_vs_p(runs, out) if "wash" in has else None,
-        "fig2": fig_accuracy_vs_n(runs, out) if runs["n_members"].nunique() > 1 else None,
+        "fig1": fig_accuracy_vs_p(runs, out) if tested and "wash" in has else None,
+        "fig2": fig_accuracy_vs_n(runs, out) if tested and _multi_n(runs) else None,
         "fig3": fig_diversity(history, runs, out),
         "fig4": fig_barriers(t["curves"], history, runs, out),
-        "fig5": fig_accuracy_vs_bytes(runs, out),
-        "fig6": fig_ablation(runs, out) if _has_ablation(runs) else None,
+        "fig5": fig_accuracy_vs_bytes(runs, out) if tested else None,
+        "fig6": fig_ablation(runs, out) if tested and has_ablation(_tested(runs)) else None,
         "fig7": fig_studies(study_dir, out),
     }
     return results
 
 
-def _has_ablation(runs: pd.DataFrame) -> bool:
-    wash = runs[runs["method"] == "wash"]
-    return len(wash[["layer_schedule", "shuffle_optimizer_state"]].drop_duplicates()) > 1
+def _multi_n(runs: pd.DataFrame) -> bool:
+    sizes = _tested(runs).groupby("label")["n_members"].nunique()
+    return bool((sizes > 1).any())
 
 
 # --- CLI: `wash-sweeps figures` -------------------------------------------------------------------
@@ -400,10 +393,8 @@ def run(command: str, args: argparse.Namespace) -> int:
         write_tables(args.runs, tables)
     results = draw_all(tables, args.out / "figures", args.studies)
     if not args.no_report:
-        from analysis.report import write_report
-
-        path = write_report(tables, args.out, results)
-        print(f"report: {path}")
+        path = report.write_report(tables, args.out)
+        print(f"report: {path}, headline: {path.parent / report.HEADLINE_FILE}")
     for name, res in results.items():
         files = res if isinstance(res, list) else (res or {}).get("files", [])
         print(f"{name}: {', '.join(str(f) for f in files) or 'skipped (no runs for it)'}")

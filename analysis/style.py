@@ -28,11 +28,11 @@ METHOD_LABELS = {
     "papa_all": "PAPA-all",
     "wash": "WASH",
 }
-# the three accuracies of a population, drawn the same way in every figure
+# the three test accuracies of a population, drawn the same way in every figure
 KIND_STYLE = {
-    "val/acc_avg": dict(linestyle="-", marker="o", label="averaged model"),
-    "val/acc_ens": dict(linestyle="--", marker="s", label="ensemble"),
-    "val/acc_member_mean": dict(linestyle=":", marker="^", label="mean member"),
+    "test/acc_avg": dict(linestyle="-", marker="o", label="averaged model"),
+    "test/acc_ens": dict(linestyle="--", marker="s", label="ensemble"),
+    "test/acc_member_mean": dict(linestyle=":", marker="^", label="mean member"),
 }
 SINGLE = (6.4, 4.2)  # inches: one column of a paper at 100% scale
 DOUBLE = (11.0, 4.2)
