@@ -40,12 +40,13 @@ def _write_cifar(root, name, monkeypatch, n_per_file=8):
 def test_cifar_loads_from_torchvision_format(tmp_path, name, monkeypatch):
     folder = _write_cifar(tmp_path, name, monkeypatch)
     cfg = TrainConfig.from_preset(
-        f"{name}-resnet18", data_root=str(tmp_path), batch_size=4, held_out_fraction=0.1
+        f"{name}-resnet18", data_root=str(tmp_path), batch_size=4, val_fraction=0.1
     )
     data = load_data(cfg)
     n_train_files = 5 if name == "cifar10" else 1
     assert data.x_train.shape[1:] == (3, 32, 32)
-    assert len(data.y_train) + len(data.y_held) == 8 * n_train_files
+    assert len(data.y_train) + len(data.y_val) == 8 * n_train_files
+    assert len(data.y_val) == round(0.1 * 8 * n_train_files)
     assert len(data.y_test) == 8
     # pixel (0, 0) of sample 0, red channel, normalised with the dataset's statistics
     with (folder / ("test_batch" if name == "cifar10" else "test")).open("rb") as f:
@@ -63,8 +64,8 @@ def test_missing_cifar_is_a_clear_error(tmp_path):
 
 def test_mnist1d_digits_and_synthetic():
     m = load_data(TrainConfig.from_preset("mnist1d-fast"))
-    assert m.x_train.shape[1:] == (1, 40) and len(m.y_train) + len(m.y_held) == 4000
-    assert len(m.y_test) == 1000 and m.n_classes == 10 and len(m.y_held) == 80
+    assert m.x_train.shape[1:] == (1, 40) and len(m.y_train) + len(m.y_val) == 4000
+    assert len(m.y_test) == 1000 and m.n_classes == 10 and len(m.y_val) == 400  # 10%
     d = load_data(TrainConfig.from_preset("digits"))
     assert d.x_train.shape[1:] == (1, 8, 8) and len(d.y_test) == 359
     s = load_data(
@@ -77,15 +78,25 @@ def test_mnist1d_digits_and_synthetic():
             batch_size=8,
         )
     )
-    assert s.x_train.shape == (63, 3, 8, 8) and len(s.y_held) == 1  # 2% held out
+    assert s.x_train.shape == (58, 3, 8, 8) and len(s.y_val) == 6  # 10% held out
 
 
-def test_held_out_split_is_fixed_and_disjoint():
+def test_validation_split_is_fixed_and_disjoint():
     a = load_data(TrainConfig.from_preset("digits", seed=0))
-    b = load_data(TrainConfig.from_preset("digits", seed=5))
-    assert torch.equal(a.x_held, b.x_held)  # the same samples judge every seed
+    b = load_data(TrainConfig.from_preset("digits", seed=5, n_train=200))
+    assert torch.equal(a.x_val, b.x_val)  # the same samples judge every seed and every n_train
+    assert len(a.y_val) == round(0.1 * 1438)
     train_rows = {tuple(r) for r in a.x_train.flatten(1).tolist()}
-    assert not any(tuple(r) in train_rows for r in a.x_held.flatten(1).tolist()[:20])
+    test_rows = {tuple(r) for r in a.x_test.flatten(1).tolist()}
+    val_rows = [tuple(r) for r in a.x_val.flatten(1).tolist()]
+    assert not any(r in train_rows for r in val_rows)  # held out of the training set
+    assert len(a.y_train) + len(a.y_val) == 1438 and len(a.y_test) == 359
+    assert sum(r in test_rows for r in val_rows) < 5  # only exact duplicate images can repeat
+
+
+def test_cifar_presets_hold_out_two_percent():
+    for name in ("cifar10-resnet18", "cifar100-resnet18", "cifar10-short"):
+        assert TrainConfig.from_preset(name).val_fraction == 0.02
 
 
 def test_member_orders_differ_and_are_reproducible():

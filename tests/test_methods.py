@@ -28,9 +28,9 @@ def test_papa_pull_matches_formula():
     _perturb(pop)
     method = make_method(cfg, pop, None, total_steps=100)
     before = pop.params.clone()
-    assert method.after_step(3, lr_ratio=1.0) == 0  # not a sync step
+    assert method.after_step(9, lr_ratio=1.0) == 0  # iteration 9 of epoch 0: 9 % 10 != 0
     assert torch.equal(pop.params, before)
-    sent = method.after_step(9, lr_ratio=0.5)  # (step + 1) % 10 == 0; rate scaled by lr ratio
+    sent = method.after_step(10, lr_ratio=0.5)  # iteration 10: a sync; rate scaled by lr ratio
     a = 1 - 0.05 * 0.5
     expected = a * before + (1 - a) * before.mean(0, keepdim=True)
     torch.testing.assert_close(pop.params, expected, rtol=1e-6, atol=1e-6)
@@ -38,13 +38,40 @@ def test_papa_pull_matches_formula():
     assert sent == 2 * (cfg.n_members - 1) * d * 4
 
 
+@pytest.mark.parametrize(("per_epoch", "k"), [(50, 10), (30, 10), (7, 3), (5, 10)])
+def test_papa_pulls_on_the_official_schedule(per_epoch, k):
+    """PAPA's main.py: `i` counts within the epoch from 0, pull when i % k == 0 (so at the
+    first iteration of every epoch, and the count restarts each epoch)."""
+    cfg, pop = _pop(method="papa", papa_every=k, epochs=3)
+    method = make_method(cfg, pop, None, total_steps=per_epoch * 3)
+    pulled = [s for s in range(per_epoch * 3) if method.after_step(s, 1.0) > 0]
+    official = [e * per_epoch + i for e in range(3) for i in range(per_epoch) if i % k == 0]
+    assert pulled == official
+
+
+@pytest.mark.parametrize(("epochs", "every", "merges"), [
+    (6, 2, [0, 2, 4]),
+    (5, 2, [0, 2]),  # epoch 4 is the last: no merge after it
+    (11, 5, [0, 5]),  # epoch 10 is the last
+    (12, 5, [0, 5, 10]),
+    (3, 1, [0, 1]),
+    (1, 5, []),
+])  # fmt: skip
+def test_papa_all_merges_on_the_official_schedule(epochs, every, merges):
+    """PAPA's main.py merges after epoch e when e % K == 0 (epoch 0 included: mix_from_start)
+    and, at the last epoch, only permutes (u = 0): no merge."""
+    cfg, pop = _pop(method="papa_all", papa_all_every=every, epochs=epochs)
+    method = make_method(cfg, pop, None, total_steps=10 * epochs)
+    assert [e for e in range(epochs) if method.after_epoch(e) > 0] == merges
+
+
 def test_papa_all_replaces_members_by_mean():
-    cfg, pop = _pop(method="papa_all", papa_all_every=2)
+    cfg, pop = _pop(method="papa_all", papa_all_every=2, epochs=4)
     _perturb(pop)
     method = make_method(cfg, pop, None, total_steps=100)
     mean = pop.params.mean(0)
-    assert method.after_epoch(0) == 0
-    assert method.after_epoch(1) > 0
+    assert method.after_epoch(1) == 0
+    assert method.after_epoch(2) > 0
     for r in range(pop.n_local):
         assert torch.equal(pop.params[r], mean)
 

@@ -8,6 +8,7 @@ from torch.nn import functional as F
 
 from wash_sweeps.config import TrainConfig
 from wash_sweeps.models import build_model, layer_index
+from wash_sweeps.regularization import MemberRegularization
 from wash_sweeps.population import Population, flat_spec
 
 
@@ -123,4 +124,4 @@ def test_member_regularization_draws_per_member():
     draws = {pop.regularization(m) for m in range(5)}
     assert len(draws) > 1
     _, plain = _setup()
-    assert plain.regularization(0) == (0.0, 0.0)
+    assert plain.regularization(0) == MemberRegularization()

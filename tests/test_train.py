@@ -9,12 +9,22 @@ import torch
 from wash_sweeps import DivergedError, train_and_evaluate
 from wash_sweeps.results import RunDir, iter_jsonl
 
+SPLIT_KEYS = [
+    "acc_avg",
+    "loss_avg",
+    "acc_ens",
+    "loss_ens",
+    "acc_member_mean",
+    "acc_member_min",
+    "acc_member_max",
+    "loss_member_mean",
+    "acc_greedy",
+    "loss_greedy",
+    "gap_ens_avg",
+]
 FINAL_KEYS = [
-    "val/acc_avg",
-    "val/acc_ens",
-    "val/acc_member_mean",
-    "val/acc_greedy",
-    "val/gap_ens_avg",
+    *(f"{split}/{k}" for split in ("val", "test") for k in SPLIT_KEYS),
+    "val/greedy_size",
     "div/consensus",
     "div/pairwise_l2",
     "div/disagreement",
@@ -26,6 +36,7 @@ FINAL_KEYS = [
     "train/lr",
     "time/samples_per_s",
     "member/0/val_acc",
+    "member/0/test_acc",
 ]
 
 
@@ -38,16 +49,53 @@ def test_every_method_end_to_end(tmp_path, tiny_cfg, method, dataset, model):
     s = train_and_evaluate(cfg, tmp_path / "run")
     for k in FINAL_KEYS:
         assert k in s and math.isfinite(s[k]), k
-    assert 0 <= s["val/acc_avg"] <= 1
+    assert not any(k.startswith("held/") for k in s)
+    # a broken learner stays at chance (10 classes): every method's members learn in 2 epochs
+    assert s["val/acc_member_mean"] > 0.2 and s["test/acc_member_mean"] > 0.2
+    assert s["test/acc_ens"] > 0.2
+    if method == "papa_all":  # merged after epoch 0: one basin, so the average works too
+        assert s["test/acc_avg"] > 0.2
     assert (s["comm/bytes_total"] > 0) == (method != "independent")
     run = RunDir(tmp_path / "run")
     records = run.read_metrics()
     assert [r["epoch"] for r in records] == [1, 2] and records[-1]["final"]
-    assert json.loads(run.summary_path.read_text())["val/acc_avg"] == s["val/acc_avg"]
+    assert json.loads(run.summary_path.read_text())["test/acc_avg"] == s["test/acc_avg"]
     assert run.checkpoint_path.exists() and run.averaged_path.exists()
     prov = s["provenance"]
     assert {"git_commit", "git_dirty", "versions", "device", "seeds"} <= set(prov)
     assert s["curves"]["pair/0-1"] and len(s["curves"]["avg/0"]) == cfg.barrier_points
+
+
+def test_val_and_test_metrics_come_from_their_own_splits(tmp_path, tiny_cfg):
+    """`val/` is measured on the validation split, `test/` on the test split: recompute both
+    from the saved averaged model."""
+    from wash_sweeps.config import TrainConfig
+    from wash_sweeps.data import load_data
+    from wash_sweeps.metrics import accuracy, logits_of
+    from wash_sweeps.population import Population
+
+    cfg = tiny_cfg(method="papa_all", papa_all_every=1)
+    s = train_and_evaluate(cfg, tmp_path / "run")
+    data = load_data(TrainConfig.from_dict(s["config"]))
+    assert len(data.y_val) == round(0.1 * 4000)  # 10% of MNIST-1D's training set
+    model = Population(cfg, data.in_shape, data.n_classes).new_model()[0]
+    model.load_state_dict(torch.load(tmp_path / "run" / "averaged.pt", weights_only=True))
+    for split, (x, y) in {
+        "val": (data.x_val, data.y_val),
+        "test": (data.x_test, data.y_test),
+    }.items():
+        assert s[f"{split}/acc_avg"] == pytest.approx(accuracy(logits_of(model, x, 1000), y))
+    assert s["val/acc_avg"] != s["test/acc_avg"]
+
+
+def test_greedy_soup_is_chosen_on_validation(tmp_path, tiny_cfg):
+    s = train_and_evaluate(tiny_cfg(method="independent"), tmp_path / "run")
+    # independent members sit in different basins: adding one to the best lowers validation
+    # accuracy, so the greedy soup keeps only the best member on validation
+    assert s["val/greedy_size"] == 1
+    assert s["val/acc_greedy"] == s["val/acc_member_max"]
+    best = max(range(3), key=lambda i: (s[f"member/{i}/val_acc"], -i))
+    assert s["test/acc_greedy"] == s[f"member/{best}/test_acc"]
 
 
 def test_training_learns(tmp_path, tiny_cfg):
@@ -55,7 +103,26 @@ def test_training_learns(tmp_path, tiny_cfg):
         method="papa", dataset="digits", model="cnn_digits", epochs=6, n_train=0, papa_rate=0.2
     )
     s = train_and_evaluate(cfg, tmp_path / "run")
-    assert s["val/acc_member_mean"] > 0.8 and s["val/acc_avg"] > 0.8
+    assert s["test/acc_member_mean"] > 0.8 and s["test/acc_avg"] > 0.8
+
+
+@pytest.mark.parametrize(("epochs", "every", "merges"), [(4, 2, 2), (5, 2, 2), (6, 2, 3), (3, 1, 2)])
+def test_papa_all_bytes_are_merges_times_bytes_per_merge(tmp_path, tiny_cfg, epochs, every, merges):
+    """Official schedule: merges after epochs 0, K, 2K, ... but never after the last one, so
+    the members end distinct (their ensemble and disagreement are real measurements)."""
+    cfg = tiny_cfg(method="papa_all", papa_all_every=every, epochs=epochs, n_train=256)
+    s = train_and_evaluate(cfg, tmp_path / "run")
+    d = s["derived"]["n_params"] + s["derived"]["n_buffers"]
+    assert s["comm/bytes_total"] == merges * 2 * (cfg.n_members - 1) * d * 4
+    assert s["div/consensus"] > 0  # not merged after the last epoch: members differ
+
+
+def test_papa_bytes_are_pulls_times_bytes_per_pull(tmp_path, tiny_cfg):
+    cfg = tiny_cfg(method="papa", papa_every=3, epochs=2, n_train=256)  # 8 steps per epoch
+    s = train_and_evaluate(cfg, tmp_path / "run")
+    d = s["derived"]["n_params"] + s["derived"]["n_buffers"]
+    pulls = 2 * len([i for i in range(8) if i % 3 == 0])  # iterations 0, 3, 6 of each epoch
+    assert s["comm/bytes_total"] == pulls * 2 * (cfg.n_members - 1) * d * 4
 
 
 class _Stop(Exception):
@@ -164,4 +231,4 @@ def test_bn_model_reports_reestimated_soup(tmp_path, tiny_cfg):
         augment=True,
     )
     s = train_and_evaluate(cfg, tmp_path / "run")
-    assert 0 <= s["val/acc_avg_bn"] <= 1
+    assert 0 <= s["val/acc_avg_bn"] <= 1 and 0 <= s["test/acc_avg_bn"] <= 1

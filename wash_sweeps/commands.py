@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from .config import PRESETS, ConfigError, TrainConfig, add_config_arguments, field_help, from_args
-from .results import read_json
+from .results import RunDir
 
 
 def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
@@ -20,7 +20,16 @@ def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
             default=None,
             help="continue the run in RUN_DIR from its checkpoint (its config is reused)",
         )
-        p.add_argument("--workdir", default=None, help="run directory (default: out_dir/run_name)")
+        p.add_argument(
+            "--workdir",
+            default=None,
+            help="run directory (default: out_dir/run_name, else a name ending in a config hash)",
+        )
+        p.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="replace a finished run (or a run of another config) in the run directory",
+        )
         p.add_argument(
             "--track", default=None, help="trackers: wandb,mlflow (sets the track field)"
         )
@@ -44,17 +53,32 @@ def run(command: str, args: argparse.Namespace) -> int:
 
 def _config_for(args: argparse.Namespace) -> tuple[TrainConfig, Path | None, bool]:
     if args.resume:
-        run_dir = Path(args.resume)
-        if not (run_dir / "config.json").exists():
-            raise ConfigError(
-                f"--resume {str(run_dir)!r}: no config.json there (not a run directory)"
-            )
-        cfg = TrainConfig.from_dict(read_json(run_dir / "config.json")["config"])
-        return cfg, run_dir, True
+        return _resume_config(Path(args.resume), args.overwrite), Path(args.resume), True
     cfg = from_args(args)
     if args.track is not None:
         cfg = cfg.replace(track=args.track)
     return cfg, Path(args.workdir) if args.workdir else None, False
+
+
+def _resume_config(run_dir: Path, overwrite: bool) -> TrainConfig:
+    """The config of the run `--resume` continues: it needs the run's config and checkpoint."""
+    if overwrite:
+        raise ConfigError("--resume and --overwrite: give one (continue the run, or replace it)")
+    if not run_dir.is_dir():
+        raise ConfigError(f"--resume {str(run_dir)!r}: no such directory")
+    rd = RunDir(run_dir)
+    config = rd.previous_config()
+    if config is None:
+        raise ConfigError(f"--resume {str(run_dir)!r}: no config.json there (not a run directory)")
+    if not rd.checkpoint_path.exists():
+        raise ConfigError(
+            f"--resume {str(run_dir)!r}: no checkpoint.pt there, nothing to continue; start the "
+            "run again with --overwrite"
+        )
+    try:
+        return TrainConfig.from_dict(config)
+    except ConfigError as e:
+        raise ConfigError(f"--resume {str(run_dir)!r}: config.json: {e}") from None
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -63,7 +87,11 @@ def _train(args: argparse.Namespace) -> int:
         from .distributed import train_distributed
 
         summary = train_distributed(
-            cfg, workdir, resume=resume, mlflow_parent_run_id=args.mlflow_parent
+            cfg,
+            workdir,
+            resume=resume,
+            mlflow_parent_run_id=args.mlflow_parent,
+            overwrite=args.overwrite,
         )
         if summary is None:  # not rank 0
             return 0
@@ -74,9 +102,30 @@ def _train(args: argparse.Namespace) -> int:
         tracker = None
         if args.mlflow_parent:
             tracker = make_tracker(cfg, cfg.run_dir(workdir), args.mlflow_parent, resume=resume)
-        summary = train_and_evaluate(cfg, workdir, tracker=tracker, resume=resume)
+        summary = train_and_evaluate(
+            cfg, workdir, tracker=tracker, resume=resume, overwrite=args.overwrite
+        )
     print(format_summary(summary))
     return 0
+
+
+def _accuracy_lines(s: dict, split: str, name: str) -> list[str]:
+    """Accuracy in % on one split (`test`: reported; `val`: what decisions are made on)."""
+    if f"{split}/acc_avg" not in s:
+        return []
+
+    def pct(key: str) -> str:
+        return f"{100 * s.get(f'{split}/{key}', float('nan')):.1f}"
+
+    line = (
+        f"{name}  averaged {pct('acc_avg')}%   ensemble {pct('acc_ens')}%   members "
+        f"{pct('acc_member_mean')}% (min {pct('acc_member_min')}, max {pct('acc_member_max')})"
+        f"   greedy soup {pct('acc_greedy')}% ({s.get('val/greedy_size', 0)} members)"
+    )
+    lines = [line]
+    if f"{split}/acc_avg_bn" in s:
+        lines.append(f"          averaged with BN re-estimated {pct('acc_avg_bn')}%")
+    return lines
 
 
 def format_summary(s: dict) -> str:
@@ -85,14 +134,9 @@ def format_summary(s: dict) -> str:
         f"run       {s['run_dir']}",
         f"method    {c['method']}  N={c['n_members']}  p={c['p']:g} ({c['layer_schedule']})  "
         f"{c['dataset']}/{c['model']}  {c['epochs']} epochs  seed {c['seed']}",
-        f"accuracy  averaged {s['val/acc_avg']:.4f}   ensemble {s['val/acc_ens']:.4f}   "
-        f"members {s['val/acc_member_mean']:.4f} (min {s['val/acc_member_min']:.4f}, "
-        f"max {s['val/acc_member_max']:.4f})",
-        f"          greedy soup {s.get('val/acc_greedy', float('nan')):.4f} "
-        f"({s.get('held/greedy_size', 0)} members)   gap ens-avg {s['val/gap_ens_avg']:+.4f}",
+        *_accuracy_lines(s, "test", "test    "),
+        *_accuracy_lines(s, "val", "val     "),
     ]
-    if "val/acc_avg_bn" in s:
-        lines.append(f"          averaged with BN re-estimated {s['val/acc_avg_bn']:.4f}")
     lines += [
         f"diversity consensus {s['div/consensus']:.4g}   pairwise L2 {s['div/pairwise_l2']:.4g}"
         f"   disagreement {s['div/disagreement']:.4f}   KL {s['div/kl']:.4f}",
@@ -118,17 +162,18 @@ def _demo(args: argparse.Namespace) -> int:
             overrides["epochs"] = args.epochs
         cfg = TrainConfig.from_preset("mnist1d-fast", **overrides)
         print(f"== {method} ({cfg.epochs} epochs, N={cfg.n_members})", flush=True)
-        s = train_and_evaluate(cfg)
+        s = train_and_evaluate(cfg, resume=True)  # a finished run of this config is reused
         rows.append((method, s))
     print()
+    print("test accuracy in % (the greedy soup chosen on the validation split)")
     print(
         f"{'method':<12} {'members':>8} {'ensemble':>9} {'averaged':>9} {'greedy':>7} "
         f"{'MB sent':>9} {'barrier':>8}"
     )
     for method, s in rows:
         print(
-            f"{method:<12} {s['val/acc_member_mean']:8.4f} {s['val/acc_ens']:9.4f} "
-            f"{s['val/acc_avg']:9.4f} {s.get('val/acc_greedy', float('nan')):7.4f} "
+            f"{method:<12} {100 * s['test/acc_member_mean']:8.1f} {100 * s['test/acc_ens']:9.1f} "
+            f"{100 * s['test/acc_avg']:9.1f} {100 * s.get('test/acc_greedy', float('nan')):7.1f} "
             f"{s['comm/bytes_total'] / 1e6:9.3f} {s.get('barrier/mean', float('nan')):8.4f}"
         )
     print(f"\nrun directories: {args.out_dir}/ (config.json, metrics.jsonl, summary.json)")

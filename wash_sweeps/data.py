@@ -1,6 +1,7 @@
 """Datasets as tensors on the training device, the held-out split, and per-member batches.
 
-Every dataset becomes a :class:`Data` of tensors: train / held-out / test. Batches are taken by
+Every dataset becomes a :class:`Data` of tensors: train / validation (held out of the training
+set, fixed per dataset) / test. Batches are taken by
 direct tensor indexing with a per-member permutation of each epoch (derived from (seed, member,
 epoch), so a resumed run sees the same order): no per-member DataLoader.
 
@@ -34,8 +35,8 @@ _CIFAR_STATS = {
 class Data:
     x_train: torch.Tensor
     y_train: torch.Tensor
-    x_held: torch.Tensor
-    y_held: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
     n_classes: int
@@ -180,8 +181,8 @@ def _normalise_images(x: np.ndarray, name: str) -> torch.Tensor:
 
 
 def load_data(cfg: TrainConfig, device: torch.device | str = "cpu") -> Data:
-    """Load `cfg.dataset`, standardise it, hold out `held_out_fraction` of the training set with
-    a split fixed by the dataset (not the run seed), and move everything to `device`."""
+    """Load `cfg.dataset`, standardise it, hold out `val_fraction` of the training set as the
+    validation split, fixed by the dataset (not the run seed), and move everything to `device`."""
     if cfg.dataset == "mnist1d":
         x, y, xt, yt = _mnist1d()
     elif cfg.dataset == "digits":
@@ -200,10 +201,11 @@ def load_data(cfg: TrainConfig, device: torch.device | str = "cpu") -> Data:
     ytr, yte = torch.as_tensor(y, dtype=torch.long), torch.as_tensor(yt, dtype=torch.long)
     n_classes = int(max(ytr.max(), yte.max())) + 1
 
-    # the held-out split is fixed per dataset so every run and seed is judged on the same samples
+    # the validation split is fixed per dataset so every run and seed is judged on the same
+    # samples; it never depends on the run seed (nor on n_train, which caps the rest)
     order = torch.from_numpy(np.random.default_rng(20240527).permutation(len(ytr)))
-    n_held = round(cfg.held_out_fraction * len(ytr))
-    held, train = order[:n_held], order[n_held:]
+    n_val = round(cfg.val_fraction * len(ytr))
+    val, train = order[:n_val], order[n_val:]
     if cfg.n_train:
         train = train[: cfg.n_train]
     if len(train) < cfg.batch_size:
@@ -211,7 +213,7 @@ def load_data(cfg: TrainConfig, device: torch.device | str = "cpu") -> Data:
             f"batch_size={cfg.batch_size}: larger than the {len(train)} training "
             f"samples of {cfg.dataset}"
         )
-    return Data(xtr[train], ytr[train], xtr[held], ytr[held], xte, yte, n_classes).to(device)
+    return Data(xtr[train], ytr[train], xtr[val], ytr[val], xte, yte, n_classes).to(device)
 
 
 def steps_per_epoch(n_train: int, batch_size: int) -> int:

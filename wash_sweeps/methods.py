@@ -75,10 +75,13 @@ class Method:
 
     def __init__(self, cfg: TrainConfig, pop: Population, exchange: Exchange, total_steps: int):
         self.cfg, self.pop, self.exchange, self.total_steps = cfg, pop, exchange, total_steps
+        self.steps_per_epoch = max(total_steps // cfg.epochs, 1)
         self.elem_size = pop.params.element_size()
 
     def after_step(self, step: int, lr_ratio: float) -> int:
-        """Called after optimizer step `step` (0-based); returns bytes sent."""
+        """Called after optimizer step `step` (0-based, counted over the run) and the scheduler
+        step that follows it; `lr_ratio` = lr_{step+1} / lr_0, the rate the scheduler has just
+        set. Returns bytes sent."""
         return 0
 
     def after_epoch(self, epoch: int) -> int:
@@ -152,12 +155,18 @@ def _pull(pop: Population, exchange: Exchange, weight: float) -> None:
 
 
 class Papa(Method):
-    """PAPA's EMA variant: every k steps w_i <- a w_i + (1-a) mean, (1-a) scaled by lr_t/lr_0."""
+    """PAPA's EMA variant, on the official schedule: with i the iteration within the epoch
+    (from 0), after the optimizer and scheduler steps of every iteration with i % k == 0,
+    w_i <- a_t w_i + (1 - a_t) mean, with (1 - a_t) = (1 - a_0) lr_t / lr_0 and lr_t the rate
+    the scheduler has just set (PAPA's `get_last_lr()` after `lr_scheduler.step()`)."""
 
     name = "papa"
 
+    def is_sync_step(self, step: int) -> bool:
+        return (step % self.steps_per_epoch) % self.cfg.papa_every == 0
+
     def after_step(self, step: int, lr_ratio: float) -> int:
-        if (step + 1) % self.cfg.papa_every:
+        if not self.is_sync_step(step):
             return 0
         rate = self.cfg.papa_rate * (lr_ratio if self.cfg.papa_scale_with_lr else 1.0)
         _pull(self.pop, self.exchange, rate)
@@ -169,15 +178,20 @@ class Papa(Method):
 
 
 class PapaAll(Papa):
-    """Every K epochs every member is replaced by the uniform average."""
+    """PAPA-all on the official schedule: after epoch e (0-based) whenever e % K == 0, epoch 0
+    included, every member is replaced by the uniform average; never after the last epoch
+    (that would make every member identical and erase the ensemble)."""
 
     name = "papa_all"
 
     def after_step(self, step: int, lr_ratio: float) -> int:
         return 0
 
+    def is_merge_epoch(self, epoch: int) -> bool:
+        return epoch % self.cfg.papa_all_every == 0 and epoch != self.cfg.epochs - 1
+
     def after_epoch(self, epoch: int) -> int:
-        if (epoch + 1) % self.cfg.papa_all_every:
+        if not self.is_merge_epoch(epoch):
             return 0
         _pull(self.pop, self.exchange, 1.0)
         return self.state_allreduce_bytes()

@@ -1,8 +1,10 @@
 """The science metrics, defined exactly as in method.md.
 
-Accuracy of members / logit ensemble / soups, diversity (consensus distance overall and per layer,
-mean pairwise L2, prediction disagreement, pairwise KL), the loss barrier on the linear path
-between two weight vectors, and communication counts (see `methods`).
+Accuracy of members / logit ensemble / soups on a named split (`val/...` validation, `test/...`
+test), diversity (consensus distance overall and per layer, mean pairwise L2, prediction
+disagreement, pairwise KL; on the test split), the loss barrier on the linear path between two
+weight vectors (test split; BN statistics re-estimated per point), and communication counts
+(see `methods`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .averaging import reestimate_bn
 from .data import eval_batches
 
 
@@ -34,23 +37,23 @@ def loss(logits: torch.Tensor, y: torch.Tensor) -> float:
     return float(F.cross_entropy(logits.float(), y))
 
 
-def population_predictions(logits: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-    """From member logits (N, n, C): member accuracies, the logit ensemble (argmax of the mean
-    logits), prediction disagreement and pairwise KL, averaged over ordered/unordered pairs."""
+def population_predictions(logits: torch.Tensor, y: torch.Tensor, split: str) -> dict[str, float]:
+    """From member logits (N, n, C) on `split` ("val" or "test"): member accuracies and losses
+    and the logit ensemble (argmax of the mean logits), keyed `<split>/...` and
+    `member/<i>/<split>_acc`."""
     n = logits.shape[0]
     accs = [accuracy(logits[i], y) for i in range(n)]
     out = {
-        "val/acc_member_mean": sum(accs) / n,
-        "val/acc_member_min": min(accs),
-        "val/acc_member_max": max(accs),
-        "val/loss_member_mean": sum(loss(logits[i], y) for i in range(n)) / n,
+        f"{split}/acc_member_mean": sum(accs) / n,
+        f"{split}/acc_member_min": min(accs),
+        f"{split}/acc_member_max": max(accs),
+        f"{split}/loss_member_mean": sum(loss(logits[i], y) for i in range(n)) / n,
     }
     for i, a in enumerate(accs):
-        out[f"member/{i}/val_acc"] = a
+        out[f"member/{i}/{split}_acc"] = a
     ens = logits.mean(0)
-    out["val/acc_ens"] = accuracy(ens, y)
-    out["val/loss_ens"] = loss(ens, y)
-    out.update(disagreement_and_kl(logits))
+    out[f"{split}/acc_ens"] = accuracy(ens, y)
+    out[f"{split}/loss_ens"] = loss(ens, y)
     return out
 
 
@@ -105,14 +108,21 @@ def loss_curve(
     y: torch.Tensor,
     points: int,
     batch_size: int,
+    bn_batches: Sequence[torch.Tensor] = (),
 ) -> list[float]:
-    """Test loss L(alpha) at (1 - alpha) A + alpha B for alpha on a uniform grid of `points`
-    (parameters and BN statistics both interpolated)."""
+    """Test loss L(alpha) at (1 - alpha) A + alpha B for alpha on a uniform grid of `points`.
+
+    Parameters are interpolated. BN running statistics are re-estimated on `bn_batches` (training
+    inputs) for every interpolated model when given, since interpolated statistics do not match
+    the interpolated weights (the barrier would then measure that mismatch); without
+    `bn_batches` they are interpolated too."""
     model, p, buf = target
     curve = []
     for alpha in interpolation_alphas(points):
         torch.lerp(a[0], b[0], alpha, out=p)
         torch.lerp(a[1], b[1], alpha, out=buf)
+        if bn_batches:
+            reestimate_bn(model, bn_batches)
         curve.append(loss(logits_of(model, x, batch_size), y))
     return curve
 

@@ -59,7 +59,7 @@ from .config import (
     parse_overrides,
 )
 from .redact import STORAGE_ENV, redact_text, redact_url
-from .results import write_json
+from .results import read_json, write_json
 from .sweep_spec import SweepSpec, load_spec
 
 JOURNAL_NAME = "optuna-journal.log"
@@ -229,6 +229,8 @@ def load_or_create(storage: Any, name: str, spec: SweepSpec, args: argparse.Name
     if "sweep" not in study.user_attrs:
         study.set_user_attr("sweep", spec.raw)
         study.set_user_attr("objectives", [list(o) for o in spec.objectives])
+        # the dashboard then names the objective (a validation key) instead of "Objective 0"
+        study.set_metric_names([m for m, _ in spec.objectives])
         if spec.method == "grid":  # once, by the process that created the study
             for point in spec.grid():
                 study.enqueue_trial(point, skip_if_exists=True)
@@ -655,12 +657,27 @@ def study_summary(study: Any, spec: SweepSpec) -> dict[str, Any]:
 
 
 def _trial_record(t: Any) -> dict[str, Any]:
+    """A chosen trial: its objective values (validation) and, only reported, its test numbers."""
     return {
         "number": t.number,
         "values": t.values,
         "params": t.params,
         "run_dir": t.user_attrs.get("run_dir"),
+        "test": _test_numbers(t.user_attrs.get("run_dir")),
     }
+
+
+def _test_numbers(run_dir: str | None) -> dict[str, float]:
+    """The `test/` metrics of a finished trial's run (reported beside the chosen setting; never
+    used to choose it). Empty when the run directory or its summary is gone."""
+    path = Path(run_dir) / "summary.json" if run_dir else None
+    if path is None or not path.is_file():
+        return {}
+    try:
+        summary = read_json(path)
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in summary.items() if k.startswith("test/") and isinstance(v, float)}
 
 
 def _importances(study: Any, spec: SweepSpec, done: list[Any]) -> dict[str, Any]:
@@ -690,6 +707,7 @@ def _flat_summary(summary: dict[str, Any]) -> dict[str, Any]:
         flat["study/best_trial"] = best["number"]
         flat["study/best_value"] = best["values"][0]
         flat.update({f"study/best_params/{k}": v for k, v in best["params"].items()})
+        flat.update({f"study/best_{k}": v for k, v in best.get("test", {}).items()})
     if "pareto_front" in summary:
         flat["study/pareto_size"] = len(summary["pareto_front"])
     for metric, imp in summary["importances"].items():
@@ -707,6 +725,14 @@ def _describe(summary: dict[str, Any], out: Path) -> str:
             f"best trial {b['number']}: {summary['objectives'][0]['name']}={b['values'][0]:.4f} "
             f"params {b['params']}  ({b['run_dir']})"
         )
+        test = b.get("test", {})
+        if test:
+            lines.append(
+                "  its test numbers (reported, not used to choose): "
+                + "  ".join(
+                    f"{k}={test[k]:.4f}" for k in ("test/acc_avg", "test/acc_ens") if k in test
+                )
+            )
     if "pareto_front" in summary:
         lines.append(f"Pareto front: {len(summary['pareto_front'])} trials")
         for r in summary["pareto_front"]:

@@ -66,7 +66,12 @@ DISTRIBUTIONS = (
     "q_uniform",
 )
 # per-epoch and final metrics of train_and_evaluate are namespaced by these prefixes
-METRIC_PREFIXES = ("val/", "held/", "comm/", "div/", "barrier/", "train/", "time/")
+METRIC_PREFIXES = ("val/", "comm/", "div/", "barrier/", "train/", "time/", "member/")
+# the test split is only reported: no objective, pruning or selection may read it
+TEST_SPLIT_REFUSAL = (
+    "tuning on the test split is not allowed (the test split is only reported); "
+    "use the validation key"
+)
 GOALS = ("maximize", "minimize")
 DISCRETE = ("constant", "categorical", "int_uniform", "q_uniform")
 
@@ -313,7 +318,21 @@ def _preset(raw: dict, params_raw: dict) -> str:
     return name
 
 
+def names_test_split(name: str) -> bool:
+    """Whether a metric key is measured on the test split (`test/...`, `member/<i>/test_...`)."""
+    parts = name.split("/")
+    return parts[0] == "test" or (parts[0] == "member" and parts[-1].startswith("test_"))
+
+
+def refuse_test_split(name: Any, where: str) -> None:
+    """One line, exit 2 upstream: an objective on a test key would tune on the test split."""
+    if isinstance(name, str) and names_test_split(name):
+        val = name.replace("test/", "val/", 1).replace("/test_", "/val_")
+        raise ConfigError(f"{where}: name={name!r}: {TEST_SPLIT_REFUSAL} ({val})")
+
+
 def _check_metric(name: Any, goal: Any, where: str) -> tuple[str, str]:
+    refuse_test_split(name, where)
     if not isinstance(name, str) or not name.startswith(METRIC_PREFIXES):
         raise ConfigError(
             f"{where}: name={name!r} is not a metric of train_and_evaluate; "

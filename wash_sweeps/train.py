@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from . import seeding
 from .averaging import greedy_soup, load_into, reestimate_bn, uniform_soup
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .data import Data, augment_batch, batch, epoch_order, load_data, steps_per_epoch
 from .errors import RunFailure
 from .methods import Exchange, Method, dp_sgd_bytes_per_step, make_method
@@ -33,6 +33,7 @@ from .metrics import (
     barrier,
     barrier_pairs,
     consensus_distance,
+    disagreement_and_kl,
     logits_of,
     loss,
     loss_curve,
@@ -140,7 +141,7 @@ def derived(run: Run) -> dict[str, Any]:
         "n_buffers": spec.n_buffers,
         "n_layers": spec.n_layers,
         "n_train": run.data.n_train,
-        "n_held_out": int(run.data.y_held.numel()),
+        "n_val": int(run.data.y_val.numel()),
         "n_test": int(run.data.y_test.numel()),
         "steps_per_epoch": run.per_epoch,
         "total_steps": run.total_steps,
@@ -199,11 +200,19 @@ def _select_members(population: dict[str, Any], members: list[int]) -> dict[str,
 
 
 def check_config(ckpt: dict[str, Any], cfg: TrainConfig) -> None:
-    """A checkpoint continues only the run of the very same config."""
-    saved = TrainConfig.from_dict(ckpt["config"])
-    if saved != cfg:
-        diff = [k for k in saved.to_dict() if getattr(saved, k) != getattr(cfg, k)]
-        raise ValueError(f"checkpoint config differs from this run's in fields: {', '.join(diff)}")
+    """A checkpoint continues only a run of the same result-changing config (run-control fields
+    such as threads, out_dir or the trackers may differ: the run goes on with the new ones)."""
+    try:
+        saved = TrainConfig.from_dict(ckpt["config"]).result_config()
+    except (ConfigError, TypeError) as e:
+        raise ConfigError(f"checkpoint config is not a valid config: {e}") from None
+    new = cfg.result_config()
+    diff = [k for k in new if saved.get(k) != new[k]]
+    if diff:
+        raise ConfigError(
+            f"checkpoint config differs from this run's in fields: {', '.join(diff)}; "
+            "a run continues only with the config it started with (--overwrite starts afresh)"
+        )
 
 
 def restore(run: Run, ckpt: dict[str, Any]) -> None:
@@ -241,7 +250,9 @@ def train_epoch(run: Run, bar: tqdm | None) -> float:
         lr = lr_at(cfg, st.step, run.total_steps, run.per_epoch)
         losses = run.pop.train_step(member_batches(run, orders, i, st.step), lr, st.step)
         loss_sum += losses.sum()
-        st.bytes_total += run.method.after_step(st.step, lr / cfg.lr)
+        # the rate after the scheduler step, as PAPA reads it (get_last_lr after .step())
+        next_lr = lr_at(cfg, st.step + 1, run.total_steps, run.per_epoch)
+        st.bytes_total += run.method.after_step(st.step, next_lr / cfg.lr)
         st.step += 1
         if bar is not None:
             bar.update(1)
@@ -261,45 +272,54 @@ def train_epoch(run: Run, bar: tqdm | None) -> float:
 # --- evaluation ---------------------------------------------------------------------------------
 
 
+def _bn_batches(run: Run) -> list[torch.Tensor]:
+    """The training inputs on which BN statistics are re-estimated (the first batches, fixed)."""
+    cfg, x = run.cfg, run.data.x_train
+    n = min(cfg.bn_reestimate_batches, run.per_epoch)
+    return [x[i * cfg.batch_size : (i + 1) * cfg.batch_size] for i in range(n)]
+
+
+def _splits(run: Run) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The evaluated splits: validation (every decision) when it is not empty, and test."""
+    data = run.data
+    out = {"val": (data.x_val, data.y_val)} if data.y_val.numel() else {}
+    out["test"] = (data.x_test, data.y_test)
+    return out
+
+
 def _soup_metrics(run: Run, params: torch.Tensor, buffers: torch.Tensor, spare) -> dict[str, float]:
-    cfg, data = run.cfg, run.data
-    soup = uniform_soup(params, buffers)
-    logits = logits_of(load_into(soup, spare), data.x_test, cfg.eval_batch_size)
-    out = {"val/acc_avg": accuracy(logits, data.y_test), "val/loss_avg": loss(logits, data.y_test)}
+    bs = run.cfg.eval_batch_size
+    model = load_into(uniform_soup(params, buffers), spare)
+    out = {}
+    for split, (x, y) in _splits(run).items():
+        logits = logits_of(model, x, bs)
+        out[f"{split}/acc_avg"], out[f"{split}/loss_avg"] = accuracy(logits, y), loss(logits, y)
     if run.pop.has_bn:
-        xs = [
-            data.x_train[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            for i in range(min(cfg.bn_reestimate_batches, run.per_epoch))
-        ]
-        model = reestimate_bn(load_into(soup, spare), xs)
-        out["val/acc_avg_bn"] = accuracy(
-            logits_of(model, data.x_test, cfg.eval_batch_size), data.y_test
-        )
+        model = reestimate_bn(load_into(uniform_soup(params, buffers), spare), _bn_batches(run))
+        for split, (x, y) in _splits(run).items():
+            out[f"{split}/acc_avg_bn"] = accuracy(logits_of(model, x, bs), y)
     return out
 
 
 def _barriers(
     run: Run, params: torch.Tensor, buffers: torch.Tensor, spare
 ) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Loss barriers on the test split between member pairs and from each member to the
+    average (BN statistics re-estimated at every point of the path when the model has BN)."""
     cfg, data = run.cfg, run.data
     n = cfg.barrier_samples or len(data.y_test)
     x, y = data.x_test[:n], data.y_test[:n]
+    bn = _bn_batches(run) if run.pop.has_bn and cfg.barrier_bn_reestimate else []
     curves: dict[str, list[float]] = {}
     avg = uniform_soup(params, buffers)
+
+    def curve(a, b) -> list[float]:
+        return loss_curve(spare, a, b, x, y, cfg.barrier_points, cfg.eval_batch_size, bn)
+
     for i, j in barrier_pairs(params.shape[0], cfg.barrier_pairs):
-        curves[f"pair/{i}-{j}"] = loss_curve(
-            spare,
-            (params[i], buffers[i]),
-            (params[j], buffers[j]),
-            x,
-            y,
-            cfg.barrier_points,
-            cfg.eval_batch_size,
-        )
+        curves[f"pair/{i}-{j}"] = curve((params[i], buffers[i]), (params[j], buffers[j]))
     for i in range(params.shape[0]):
-        curves[f"avg/{i}"] = loss_curve(
-            spare, (params[i], buffers[i]), avg, x, y, cfg.barrier_points, cfg.eval_batch_size
-        )
+        curves[f"avg/{i}"] = curve((params[i], buffers[i]), avg)
     pair = [barrier(c) for k, c in curves.items() if k.startswith("pair/")]
     to_avg = [barrier(c) for k, c in curves.items() if k.startswith("avg/")]
     metrics = {
@@ -310,16 +330,27 @@ def _barriers(
     return metrics, curves
 
 
+def _member_logits(run: Run) -> dict[str, torch.Tensor | None]:
+    """Every member's logits per split, (N, n, C), gathered to the logging process (None
+    elsewhere): a collective when distributed."""
+    bs, ex = run.cfg.eval_batch_size, run.exchange
+    out = {}
+    for split, (x, _) in _splits(run).items():
+        local = torch.stack([logits_of(m, x, bs) for m in run.pop.models])
+        out[split] = ex.gather(local) if ex else local
+    return out
+
+
 def evaluate(run: Run, train_loss: float, final: bool = False) -> dict[str, Any] | None:
-    """Every metric of method.md at the current step. Returns the record (None on processes
-    that do not hold the gathered population)."""
-    cfg, st, pop, data = run.cfg, run.state, run.pop, run.data
+    """Every metric of method.md at the current step: accuracies and losses on validation
+    (`val/`) and test (`test/`); diversity and barriers on test. Returns the record (None on
+    processes that do not hold the gathered population)."""
+    cfg, st, pop = run.cfg, run.state, run.pop
     ex = run.exchange
-    local_logits = torch.stack([logits_of(m, data.x_test, cfg.eval_batch_size) for m in pop.models])
-    logits = ex.gather(local_logits) if ex else local_logits
+    logits = _member_logits(run)
     params = ex.gather(pop.params) if ex else pop.params
     buffers = ex.gather(pop.buffers) if ex else pop.buffers
-    if logits is None:  # not the logging process
+    if logits["test"] is None:  # not the logging process
         return None
     spare = pop.new_model()
     m: dict[str, float] = {
@@ -328,9 +359,12 @@ def evaluate(run: Run, train_loss: float, final: bool = False) -> dict[str, Any]
         "train/step": st.step,
         "train/lr": lr_at(cfg, max(st.step - 1, 0), run.total_steps, run.per_epoch),
     }
-    m.update(population_predictions(logits, data.y_test))
+    for split, (_, y) in _splits(run).items():
+        m.update(population_predictions(logits[split], y, split))
+    m.update(disagreement_and_kl(logits["test"]))
     m.update(_soup_metrics(run, params, buffers, spare))
-    m["val/gap_ens_avg"] = m["val/acc_ens"] - m["val/acc_avg"]
+    for split in _splits(run):
+        m[f"{split}/gap_ens_avg"] = m[f"{split}/acc_ens"] - m[f"{split}/acc_avg"]
     m.update(consensus_distance(params, pop.spec.layer_slices()))
     m["div/pairwise_l2"] = mean_pairwise_distance(params)
     curves: dict[str, list[float]] = {}
@@ -355,23 +389,26 @@ def evaluate(run: Run, train_loss: float, final: bool = False) -> dict[str, Any]
 
 
 def _greedy(run: Run, params: torch.Tensor, buffers: torch.Tensor, spare) -> dict[str, float]:
+    """The greedy soup, chosen on the validation split and reported on test."""
     data, bs = run.data, run.cfg.eval_batch_size
-    if data.y_held.numel() == 0:
+    if data.y_val.numel() == 0:
         return {}
 
-    def held_acc(rows: list[int]) -> float:
+    def val_acc(rows: list[int]) -> float:
         model = load_into(uniform_soup(params, buffers, rows), spare)
-        return accuracy(logits_of(model, data.x_held, bs), data.y_held)
+        return accuracy(logits_of(model, data.x_val, bs), data.y_val)
 
-    scores = [held_acc([i]) for i in range(params.shape[0])]
-    rows, held, _ = greedy_soup(scores, held_acc)
+    scores = [val_acc([i]) for i in range(params.shape[0])]
+    rows, _, _ = greedy_soup(scores, val_acc)
     model = load_into(uniform_soup(params, buffers, rows), spare)
-    return {
-        "val/acc_greedy": accuracy(logits_of(model, data.x_test, bs), data.y_test),
-        "held/acc_greedy": held,
-        "held/greedy_size": len(rows),
-        "held/acc_member_best": max(scores),
-    }
+    out: dict[str, float] = {"val/greedy_size": len(rows)}
+    for split, (x, y) in _splits(run).items():
+        logits = logits_of(model, x, bs)
+        out[f"{split}/acc_greedy"], out[f"{split}/loss_greedy"] = (
+            accuracy(logits, y),
+            loss(logits, y),
+        )
+    return out
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -429,8 +466,12 @@ def train_and_evaluate(
     members: list[int] | None = None,
     writer: bool = True,
     checkpoint: dict[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train the population of `cfg`, evaluate it, and return the final summary.
+
+    A fresh run refuses a directory holding a finished run or a run of another config
+    (ConfigError) unless `overwrite`.
 
     `exchange`/`members`/`writer`/`checkpoint` are for torch.distributed (one slice of members
     per process, one writing process, a resume checkpoint read once and sent to every process);
@@ -442,9 +483,19 @@ def train_and_evaluate(
             return done  # already finished: nothing to redo, no tracker run reopened
     # one writer per run directory at a time (the other processes of a distributed run write none)
     with exclusive(cfg.run_dir(workdir)) if writer else contextlib.nullcontext():
+        if writer and checkpoint is None:
+            _claim(cfg, workdir, resume, overwrite)
         return _train(
             cfg, workdir, tracker, on_epoch, resume, exchange, members, writer, checkpoint
         )
+
+
+def _claim(cfg: TrainConfig, workdir: str | Path | None, resume: bool, overwrite: bool) -> None:
+    """A fresh run (no checkpoint to continue) may write its directory: see RunDir.claim."""
+    run_dir = RunDir(cfg.run_dir(workdir))
+    if resume and run_dir.checkpoint_path.exists():
+        return  # a resume: check_config decides
+    run_dir.claim(cfg.result_config(), overwrite)
 
 
 def _train(
@@ -496,10 +547,10 @@ def _finished_summary(cfg: TrainConfig, workdir: str | Path | None) -> dict[str,
     summary_path = cfg.run_dir(workdir) / "summary.json"
     if not summary_path.exists():
         return None
-    summary = read_json(summary_path)
     try:
-        same = TrainConfig.from_dict(summary["config"]) == cfg
-    except (KeyError, ValueError):  # an older or foreign summary: let the checkpoint decide
+        summary = read_json(summary_path)
+        same = TrainConfig.from_dict(summary["config"]).result_config() == cfg.result_config()
+    except (KeyError, ValueError, TypeError):  # an older or foreign summary: the checkpoint decides
         return None
     return summary if same and summary.get("train/epoch", -1) >= cfg.epochs else None
 
@@ -527,8 +578,8 @@ def _loop(run: Run, on_epoch: OnEpoch | None) -> dict[str, Any]:
                 _record(run, record, on_epoch)
                 if record is not None:
                     bar.set_postfix(
-                        avg=f"{record['metrics']['val/acc_avg']:.3f}",
-                        ens=f"{record['metrics']['val/acc_ens']:.3f}",
+                        val_avg=f"{record['metrics'].get('val/acc_avg', math.nan):.3f}",
+                        val_ens=f"{record['metrics'].get('val/acc_ens', math.nan):.3f}",
                     )
             if cfg.checkpoint_every and (st.epoch % cfg.checkpoint_every == 0 or last):
                 _save(run)
