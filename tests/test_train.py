@@ -106,7 +106,9 @@ def test_training_learns(tmp_path, tiny_cfg):
     assert s["test/acc_member_mean"] > 0.8 and s["test/acc_avg"] > 0.8
 
 
-@pytest.mark.parametrize(("epochs", "every", "merges"), [(4, 2, 2), (5, 2, 2), (6, 2, 3), (3, 1, 2)])
+@pytest.mark.parametrize(
+    ("epochs", "every", "merges"), [(4, 2, 2), (5, 2, 2), (6, 2, 3), (3, 1, 2)]
+)
 def test_papa_all_bytes_are_merges_times_bytes_per_merge(tmp_path, tiny_cfg, epochs, every, merges):
     """Official schedule: merges after epochs 0, K, 2K, ... but never after the last one, so
     the members end distinct (their ensemble and disagreement are real measurements)."""
@@ -177,7 +179,8 @@ def test_resume_at_the_end_redoes_only_the_final_evaluation(tmp_path, tiny_cfg):
 
 def test_a_fresh_run_starts_an_empty_history(tmp_path, tiny_cfg):
     train_and_evaluate(tiny_cfg(epochs=2), tmp_path / "run")
-    train_and_evaluate(tiny_cfg(epochs=1), tmp_path / "run")  # not a resume: the same directory
+    # not a resume: the same directory, replaced as asked
+    train_and_evaluate(tiny_cfg(epochs=1), tmp_path / "run", overwrite=True)
     assert [r["epoch"] for r in iter_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1]
 
 
@@ -191,7 +194,7 @@ def test_a_run_directory_has_one_writer_at_a_time(tmp_path, tiny_cfg):
     assert not (tmp_path / "run" / "metrics.jsonl").exists()  # the refused run wrote nothing
     train_and_evaluate(tiny_cfg(epochs=1), tmp_path / "run")  # released: the next run goes
     train_and_evaluate(tiny_cfg(epochs=1), tmp_path / "run2")  # a run releases it at its end
-    train_and_evaluate(tiny_cfg(epochs=1), tmp_path / "run2")
+    train_and_evaluate(tiny_cfg(epochs=1), tmp_path / "run2", overwrite=True)
 
 
 def test_resume_refuses_a_different_config(tmp_path, tiny_cfg):

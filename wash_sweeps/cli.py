@@ -1,7 +1,7 @@
 """The command line: `wash-sweeps COMMAND ...` (also `python -m wash_sweeps`).
 
     wash-sweeps train --preset mnist1d-fast --set method=wash --set p=0.003
-    wash-sweeps train --resume runs/mnist1d-wash-N5-p0.003-s0
+    wash-sweeps train --resume runs/mnist1d-wash-N5-p0.003-s0-1a2b3c   # name ends in a config hash
     wash-sweeps demo                  # the default demo: every method on MNIST-1D, one table
     wash-sweeps fields                # every config field with its unit and default
     wash-sweeps study | study-report | wandb-sweep | figures | bench   (see --help of each)

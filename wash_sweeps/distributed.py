@@ -299,6 +299,7 @@ def train_distributed(
     resume: bool = False,
     timeout_s: float | None = None,
     mlflow_parent_run_id: str | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any] | None:
     """Train `cfg` with this process's slice of members. Returns the summary on rank 0 (which
     alone writes the run directory and talks to trackers), None on the other ranks.
@@ -322,6 +323,7 @@ def train_distributed(
             members=exchange.members,
             writer=rank == 0,
             checkpoint=checkpoint,
+            overwrite=overwrite,
         )
         totals = exchange.totals()
         if rank != 0:

@@ -158,6 +158,52 @@ class RunDir:
     def read_config(self) -> dict[str, Any]:
         return read_json(self.config_path)["config"]
 
+    def previous_config(self) -> dict[str, Any] | None:
+        """The config of the run written here before (None if none); a file that is not a run's
+        config.json is a one-line ConfigError."""
+        from .config import ConfigError
+
+        if not self.config_path.exists():
+            return None
+        try:
+            config = read_json(self.config_path)["config"]
+            if not isinstance(config, dict):
+                raise TypeError("config is not a mapping")
+            return config
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+            raise ConfigError(
+                f"{self.config_path}: not a run's config.json ({type(e).__name__}: "
+                f"{str(e)[:120]}); pass --overwrite to replace the run, or remove the file"
+            ) from None
+
+    def claim(self, result_config: dict[str, Any], overwrite: bool = False) -> None:
+        """Before a fresh run writes here: refuse, in one line, to write over a finished run or a
+        run of another config (`result_config`: the fields that change results), unless
+        `overwrite`, which removes the old run's files first. A same-config unfinished run is
+        simply started again."""
+        from .config import RUN_CONTROL, ConfigError
+
+        if overwrite:
+            for path in (self.summary_path, self.checkpoint_path, self.averaged_path):
+                path.unlink(missing_ok=True)
+            return
+        previous = self.previous_config()
+        what = None
+        if previous is not None:
+            old = {k: v for k, v in previous.items() if k not in RUN_CONTROL}
+            changed = sorted(
+                k for k in {*old, *result_config} if old.get(k) != result_config.get(k)
+            )
+            if changed:
+                what = f"a run of another config (fields {', '.join(changed[:5])} differ)"
+        if what is None and self.summary_path.exists():
+            what = "a finished run"
+        if what is not None:
+            raise ConfigError(
+                f"run directory {self.path} holds {what}; continue it with --resume, choose "
+                "another directory (--workdir or run_name), or pass --overwrite to replace it"
+            )
+
     def append_metrics(self, record: dict[str, Any]) -> None:
         with self.metrics_path.open("a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
