@@ -226,6 +226,36 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_an_objective_on_the_test_split_is_refused(tmp_path, capsys):
+    sweep = sweep_file(tmp_path, RANDOM.replace("val/acc_avg", "test/acc_avg"))
+    out = tmp_path / "o"
+    assert main(["study", str(sweep), "--out", str(out), "--n-trials", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "name='test/acc_avg': tuning on the test split is not allowed" in err
+    assert "\n" not in err and not out.exists()  # refused before anything was recorded
+
+
+def test_a_study_tunes_on_validation_and_reports_test(tmp_path, capsys):
+    """The storage holds the validation objective; the summary shows the chosen trial's test
+    numbers beside it, read from its run (reported, never used to choose)."""
+    sweep = sweep_file(tmp_path, RANDOM)
+    out = tmp_path / "o"
+    args = ["study", str(sweep), "--out", str(out), "--n-trials", "2", "--set", "epochs=1"]
+    assert main([*args, *TINY]) == 0
+    study = load(str(out / JOURNAL_NAME), "rand")
+    assert study.metric_names == ["val/acc_avg"]
+    assert study.user_attrs["objectives"] == [["val/acc_avg", "maximize"]]
+    best = study.best_trial
+    run = json.loads((Path(best.user_attrs["run_dir"]) / "summary.json").read_text())
+    assert best.value == run["val/acc_avg"]  # the objective is the validation number
+    summary = json.loads((out / "study_summary.json").read_text())
+    chosen = summary["best_trial"]
+    assert chosen["number"] == best.number
+    assert chosen["test"]["test/acc_avg"] == run["test/acc_avg"]
+    assert chosen["test"]["test/acc_ens"] == run["test/acc_ens"]
+    assert "its test numbers (reported, not used to choose)" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_failed_trials_are_recorded_and_the_study_goes_on(tmp_path):
     # n_members 1 is fine for independent but not for WASH (a bad sampled combination), and

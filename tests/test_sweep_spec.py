@@ -171,6 +171,18 @@ INVALID = [
     (params(p={"distribution": "uniform", "min": "a", "max": 1}), "min and max must be numbers"),
     (with_(metric={"name": "accuracy", "goal": "maximize"}), "name='accuracy' is not a metric"),
     (with_(metric={"name": "val/acc_avg", "goal": "up"}), "goal='up'"),
+    (with_(metric={"name": "test/acc_avg", "goal": "maximize"}), "tuning on the test split"),
+    (with_(metric={"name": "member/2/test_acc", "goal": "maximize"}), "(member/2/val_acc)"),
+    (
+        with_(
+            metric={"name": "comm/bytes_total", "goal": "minimize"},
+            objectives=[
+                {"name": "comm/bytes_total", "goal": "minimize"},
+                {"name": "test/acc_ens", "goal": "maximize"},
+            ],
+        ),
+        "objectives[1]: name='test/acc_ens': tuning on the test split is not allowed",
+    ),
     (with_(metric=None), "metric: missing"),
     (with_(objectives=[{"name": "val/acc_avg", "goal": "maximize"}]), "at least two"),
     (

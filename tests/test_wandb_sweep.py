@@ -132,6 +132,15 @@ def test_bad_input_is_one_line(tmp_path, capsys, monkeypatch):
             main([command, str(sweep), "--nproc-per-trial", "0"])
         assert exit_.value.code == 2
         assert "--nproc-per-trial: 0: must be >= 1" in capsys.readouterr().err
+    on_test = sweep_file(
+        tmp_path,
+        HYPERBAND_GRID.replace("{name: train/loss, goal: minimize}", "{name: test/loss_avg}"),
+    )
+    out = tmp_path / "t"
+    assert main(["wandb-sweep", str(on_test), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "tuning on the test split is not allowed" in err and "\n" not in err
+    assert not out.exists()
 
 
 @pytest.mark.slow
