@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from analysis import aggregate, figures, report, selection, stats
@@ -411,3 +412,42 @@ def test_old_run_directories_show_dashes(tmp_path: Path) -> None:
     papa = _mean_std([acc("papa", 0.01, 5, s) * 100 for s in (10, 11)])
     assert f"| papa rate=0.1 | {papa[0]:.1f} ± {papa[1]:.1f} (n = 2) |" in text
     assert "| wash p=0.1 uniform opt-state-on | – |" in text
+
+
+# --- DVC's tabular plots -------------------------------------------------------------------------
+
+
+def test_plot_tables_have_fixed_columns_and_the_chosen_settings(tables: Path) -> None:
+    from analysis import plot_tables
+
+    paths = plot_tables.write_plot_tables(tables)
+    assert [p.name for p in paths] == list(plot_tables.FILES)
+    epochs = pd.read_csv(paths[0])
+    assert list(epochs.columns) == ["epoch", "independent", "papa", "papa_all", "wash"]
+    assert list(epochs["epoch"]) == list(EPOCHS)
+    # each method's curve is its setting chosen on validation (PAPA rate 0.1, WASH p=0.01), test
+    papa = np.mean([acc("papa", 0.01, 5, s) for s in SEEDS])
+    wash = np.mean([acc("wash", 0.01, 5, s) for s in SEEDS])
+    assert epochs["papa"].tolist() == pytest.approx([papa, papa], abs=1e-6)
+    assert epochs["wash"].tolist() == pytest.approx([wash, wash], abs=1e-6)
+    by_p = pd.read_csv(paths[1])
+    assert by_p["p"].tolist() == [0.001, 0.01, 0.1]
+    expected = [np.mean([acc("wash", p, 5, s) for s in SEEDS]) for p in (0.001, 0.01, 0.1)]
+    assert by_p["averaged"].tolist() == pytest.approx(expected, abs=1e-6)
+    assert by_p["ensemble"].tolist() == pytest.approx([e + 0.05 for e in expected], abs=1e-6)
+    by_bytes = pd.read_csv(paths[2]).set_index("setting")
+    assert by_bytes.loc["papa rate=0.1", "mb_sent"] == pytest.approx(30.0)
+    assert by_bytes.loc["wash p=0.1 uniform opt-state-on", "mb_sent"] == pytest.approx(10.0)
+
+
+def test_plot_tables_of_old_runs_keep_their_shape(tmp_path: Path) -> None:
+    from analysis import plot_tables
+
+    for seed in (0, 1):
+        for method in ("independent", "papa", "wash"):
+            write_run(tmp_path / "runs", method, seed, legacy=True)
+    aggregate.write_tables(tmp_path / "runs", tmp_path / "tables")
+    paths = plot_tables.write_plot_tables(tmp_path / "tables")
+    epochs = pd.read_csv(paths[0])
+    assert list(epochs.columns) == ["epoch", "independent", "papa", "papa_all", "wash"]
+    assert epochs[["papa", "wash"]].isna().all().all()  # no test keys: nothing to plot
