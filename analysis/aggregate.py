@@ -25,13 +25,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from wash_sweeps.config import coerce, parse_overrides
+from wash_sweeps.config import RUN_CONTROL, coerce, parse_overrides
 from wash_sweeps.results import iter_jsonl, read_json, write_json
 
-# fields that change where or how a run is recorded, not what it computes
-RUN_CONTROL = {"out_dir", "run_name", "progress", "threads", "device", "track", "project", "group",
-               "job_type", "tags", "wandb_entity", "wandb_mode", "mlflow_uri",
-               "checkpoint_every", "data_root", "download"}  # fmt: skip
 KEY_COLUMNS = ["run", "label", "method", "n_members", "p", "layer_schedule",
                "shuffle_optimizer_state", "seed", "epochs"]  # fmt: skip
 

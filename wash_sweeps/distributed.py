@@ -336,13 +336,31 @@ def train_distributed(
             dist.destroy_process_group()
 
 
+RDZV_HOST_ENV = "WASH_SWEEPS_RDZV_HOST"  # the address a job's rendezvous uses (127.0.0.1)
+
+
+def _free_port(host: str) -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
 def torchrun_command(nproc: int, args: Sequence[str], nnodes: int = 1) -> list[str]:
-    """The torchrun command line of `wash-sweeps <args>` on one machine (standalone rendezvous)."""
+    """The torchrun command line of `wash-sweeps <args>` on one machine: the rendezvous and the
+    workers' MASTER_ADDR on the loopback address (WASH_SWEEPS_RDZV_HOST to change it), not
+    `--standalone`'s hostname lookup. (torch's TCPStore itself listens on every interface, which
+    no torchrun flag changes; the job's peers all connect over loopback.)"""
+    host = os.environ.get(RDZV_HOST_ENV, "127.0.0.1")
     return [
         sys.executable,
         "-m",
         "torch.distributed.run",
-        "--standalone",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={host}:{_free_port(host)}",
+        f"--rdzv-id=wash-{os.getpid()}-{time.monotonic_ns()}",
+        f"--local-addr={host}",
         f"--nnodes={nnodes}",
         f"--nproc-per-node={nproc}",
         "-m",

@@ -58,9 +58,10 @@ from .config import (
     add_set_argument,
     parse_overrides,
 )
+from .errors import RunFailure
 from .redact import STORAGE_ENV, redact_text, redact_url
 from .results import read_json, write_json
-from .sweep_spec import SweepSpec, load_spec
+from .sweep_spec import SweepSpec, load_spec, safe_name
 
 JOURNAL_NAME = "optuna-journal.log"
 HEARTBEAT_ATTR = "wash:heartbeat"  # journal storage: time.time() of the trial's last beat
@@ -179,6 +180,12 @@ def _rdb(url: str, kwargs: dict, heartbeat: int, grace: int, max_retry: int) -> 
     )
 
 
+def sampler_seed(seed: int, n_existing: int) -> int:
+    """The sampler seed of a process joining a study that holds `n_existing` trials: the same
+    command on the same study state draws the same points, a continued study new ones."""
+    return zlib.crc32(f"wash-sweeps-sampler:{seed}:{n_existing}".encode())
+
+
 def make_sampler(spec: SweepSpec, seed: int) -> Any:
     import optuna
 
@@ -220,6 +227,11 @@ def load_or_create(storage: Any, name: str, spec: SweepSpec, args: argparse.Name
         sampler=make_sampler(spec, args.seed),
         pruner=make_pruner(spec, args.pruner),
         load_if_exists=True,
+    )
+    # a continued study must not re-propose its first points: the seed also depends on how many
+    # trials the study holds when this process joins it (and on --seed, distinct per worker)
+    study.sampler = make_sampler(
+        spec, sampler_seed(args.seed, len(study.get_trials(deepcopy=False)))
     )
     if [d.name.lower() for d in study.directions] != directions:
         raise ConfigError(
@@ -363,13 +375,12 @@ def run_trial(
     from optuna.trial import TrialState
 
     from .distributed import run_torchrun
-    from .errors import RunFailure
     from .results import RunDir
     from .tracking import make_tracker
     from .train import train_and_evaluate
 
     start = time.perf_counter()
-    params = spec.suggest(trial)
+    params: dict[str, Any] = {}
     # the Trial handle of Optuna 5 does not show system attrs; the stored trial does
     origin = RetryHeartbeatStaleTrialCallback.retried_trial_number(
         storage.get_trial(trial._trial_id)
@@ -378,8 +389,11 @@ def run_trial(
     run_dir = out / "trials" / f"trial-{number}"
     trial.set_user_attr("run_dir", str(run_dir))
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    if origin is not None:
+        trial.set_user_attr(FAIL_REASON, "")  # the killed attempt's reason is not this one's
     state, values, note = TrialState.FAIL, None, ""
     try:
+        params = spec.suggest(trial)
         cfg = spec.resolve(params).replace(
             out_dir=str(out / "trials"),
             run_name=f"trial-{number}",
@@ -424,10 +438,15 @@ def run_trial(
         raise
     except optuna.TrialPruned as e:
         state, note = TrialState.PRUNED, str(e)
-    except (ConfigError, RunFailure, ValueError) as e:
+    except Exception as e:
         # a bad sampled combination, a NaN loss, a checkpoint that does not match, a failed
-        # torchrun job: the study goes on
-        note = redact_text(f"{type(e).__name__}: {e}")
+        # torchrun job, a bug: the trial fails with its reason (never left RUNNING), the study
+        # goes on
+        note = redact_text(f"{type(e).__name__}: {str(e).strip()[:500]}")
+        if not isinstance(e, (ConfigError, RunFailure)):
+            import traceback
+
+            traceback.print_exc()  # an unexpected error: its traceback for the worker's log
         trial.set_user_attr(FAIL_REASON, note)
     study.tell(trial, values if state == TrialState.COMPLETE else None, state=state)
     shown = ", ".join(
@@ -448,6 +467,8 @@ def _reporter(trial: Any, spec: SweepSpec):
 
     def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
         if spec.multi_objective:  # Optuna cannot prune a multi-objective trial
+            return
+        if spec.metric not in metrics:  # a metric of the final evaluation only (greedy soup)
             return
         value = float(metrics[spec.metric])
         trial.report(value, epoch)
@@ -494,16 +515,15 @@ def study_command(args: argparse.Namespace) -> int:
     overrides = parse_overrides(args.overrides)
     if args.track is not None:
         overrides["track"] = args.track
+    check_study_args(args)
     spec = load_spec(args.sweep_file, overrides)
-    name = args.study_name or spec.name
+    name = safe_name(args.study_name or spec.name, "--study-name" if args.study_name else "name")
     out = Path(args.out or Path("runs") / "studies" / name)
     storage_url = args.storage or os.environ.get(STORAGE_ENV) or str(out / JOURNAL_NAME)
     own_db = not (spec.base.get("mlflow_uri") or os.environ.get("MLFLOW_TRACKING_URI"))
     if _tracks(spec, "mlflow") and own_db:
         # the study's parent run and its trials in one database, so trials nest under it
         spec = spec.with_overrides({"mlflow_uri": f"sqlite:///{out.resolve() / 'mlflow.db'}"})
-    if args.workers < 1:
-        raise ConfigError(f"--workers {args.workers}: must be >= 1")
     n_trials = target_trials(spec, args.n_trials)
     storage = open_storage(storage_url, args.heartbeat, args.grace, args.max_retry)
     study = load_or_create(storage, name, spec, args)
@@ -533,21 +553,44 @@ def study_command(args: argparse.Namespace) -> int:
     )
     status = "FAILED"
     try:
+        died: list[int] = []
         if args.workers == 1:
             work(study, storage, spec, out, n_trials, args, ctx)
         else:
-            _run_workers(args, name, out, storage_url, n_trials, ctx)
+            died = _run_workers(args, name, out, storage_url, n_trials, ctx)
         summary = study_summary(study, spec)
         write_json(out / "study_summary.json", summary)
         if parent:
             parent.log_summary(_flat_summary(summary))
             parent.log_artifact(out / "study_summary.json")
         print(_describe(summary, out))
+        if died:
+            raise RunFailure(
+                f"study {name!r}: {len(died)} worker(s) died (exit codes {died}); "
+                "run the same command again to continue (their trials are retried)"
+            )
         status = "FINISHED"
     finally:
         if parent:
             parent.finish(status)
     return 0
+
+
+def check_study_args(args: argparse.Namespace) -> None:
+    """The numbers a study runs by: one line naming the flag and what it allows."""
+    if args.workers < 1:
+        raise ConfigError(f"--workers {args.workers}: must be >= 1")
+    if args.n_trials is not None and args.n_trials < 1:
+        raise ConfigError(f"--n-trials {args.n_trials}: must be >= 1")
+    if args.heartbeat <= 0:
+        raise ConfigError(f"--heartbeat {args.heartbeat}: must be > 0 seconds")
+    if args.grace <= args.heartbeat:
+        raise ConfigError(
+            f"--grace {args.grace}: must be longer than --heartbeat {args.heartbeat} "
+            "(else live trials are failed as stale)"
+        )
+    if args.max_retry < 0:
+        raise ConfigError(f"--max-retry {args.max_retry}: must be >= 0")
 
 
 def _tracks(spec: SweepSpec, name: str) -> bool:
@@ -575,7 +618,9 @@ def _start_parent(spec: SweepSpec, name: str, out: Path) -> Any:
 
 def _run_workers(
     args: Any, name: str, out: Path, storage_url: str, n_trials: int, ctx: dict
-) -> None:
+) -> list[int]:
+    """Start the worker processes and wait for them; returns the exit codes of those that
+    failed (killed or crashed)."""
     cmd = [
         sys.executable,
         "-m",
@@ -615,13 +660,7 @@ def _run_workers(
         # each worker samples with its own seed, else two workers propose the same first points
         procs.append(subprocess.Popen([*cmd, "--seed", str(args.seed + i)], env=env))
     codes = [p.wait() for p in procs]
-    bad = [c for c in codes if c != 0]
-    if bad:
-        print(
-            f"study {name!r}: {len(bad)} worker(s) exited with {bad}; "
-            "run the command again to continue",
-            file=sys.stderr,
-        )
+    return [c for c in codes if c != 0]
 
 
 # --- summary and report ---------------------------------------------------------------------------
@@ -643,7 +682,7 @@ def study_summary(study: Any, spec: SweepSpec) -> dict[str, Any]:
         "n_trials": len(trials),
         "states": counts,
         "failures": {
-            t.number: t.user_attrs[FAIL_REASON] for t in trials if FAIL_REASON in t.user_attrs
+            t.number: t.user_attrs[FAIL_REASON] for t in trials if t.user_attrs.get(FAIL_REASON)
         },
     }
     if done:

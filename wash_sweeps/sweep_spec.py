@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -65,6 +66,59 @@ DISTRIBUTIONS = (
     "log_uniform",
     "q_uniform",
 )
+# the metrics train_and_evaluate emits, exactly (tests/test_sweep_spec.py compares them with a
+# real run's summary): per split, the population, soups and ensemble; then the rest
+SPLIT_METRICS = (
+    "acc_member_mean",
+    "acc_member_min",
+    "acc_member_max",
+    "loss_member_mean",
+    "acc_ens",
+    "loss_ens",
+    "acc_avg",
+    "loss_avg",
+    "gap_ens_avg",
+    "acc_greedy",
+    "loss_greedy",
+)
+BN_METRICS = ("val/acc_avg_bn", "test/acc_avg_bn")  # models with BatchNorm only
+OTHER_METRICS = (
+    "val/greedy_size",
+    "train/loss",
+    "train/epoch",
+    "train/step",
+    "train/lr",
+    "div/consensus",
+    "div/pairwise_l2",
+    "div/disagreement",
+    "div/kl",
+    "barrier/mean",
+    "barrier/max",
+    "barrier/member_avg_mean",
+    "comm/bytes_total",
+    "comm/bytes_per_member",
+    "comm/bytes_per_step",
+    "comm/dp_sgd_bytes_total",
+    "time/train_s",
+    "time/samples_per_s",
+)
+# keys with a member index or a layer name in them
+METRIC_PATTERNS = (
+    re.compile(r"member/\d+/(val|test)_acc"),
+    re.compile(r"div/consensus/[A-Za-z0-9_.]+"),
+)
+
+
+def emitted_metrics() -> tuple[str, ...]:
+    """Every fixed metric key train_and_evaluate writes (plus METRIC_PATTERNS' families)."""
+    split = tuple(f"{s}/{m}" for s in ("val", "test") for m in SPLIT_METRICS)
+    return (*split, *BN_METRICS, *OTHER_METRICS)
+
+
+def is_emitted(name: str) -> bool:
+    return name in emitted_metrics() or any(p.fullmatch(name) for p in METRIC_PATTERNS)
+
+
 # per-epoch and final metrics of train_and_evaluate are namespaced by these prefixes
 METRIC_PREFIXES = ("val/", "comm/", "div/", "barrier/", "train/", "time/", "member/")
 # the test split is only reported: no objective, pruning or selection may read it
@@ -226,6 +280,19 @@ class SweepSpec:
         return dataclasses.replace(self, base=base, params=params)
 
 
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def safe_name(name: str, where: str) -> str:
+    """A name used as a directory name: one plain path component (no /, no .., no leading -)."""
+    if not SAFE_NAME.fullmatch(str(name)) or ".." in str(name):
+        raise ConfigError(
+            f"{where}={name!r}: must be a plain name of letters, digits, '.', '_' and '-' "
+            "(it names a directory)"
+        )
+    return str(name)
+
+
 def _default(field: str) -> Any:
     return getattr(TrainConfig(), field)
 
@@ -284,7 +351,7 @@ def parse_spec(raw: Any, path: str = "<sweep>") -> SweepSpec:
     TrainConfig.from_dict(base)  # the shared part must be a valid config on its own
     spec = SweepSpec(
         path=path,
-        name=str(raw.get("name") or Path(path).stem),
+        name=safe_name(str(raw["name"]), "name") if raw.get("name") else Path(path).stem,
         method=raw["method"],
         objectives=objectives,
         base=base,
@@ -333,10 +400,11 @@ def refuse_test_split(name: Any, where: str) -> None:
 
 def _check_metric(name: Any, goal: Any, where: str) -> tuple[str, str]:
     refuse_test_split(name, where)
-    if not isinstance(name, str) or not name.startswith(METRIC_PREFIXES):
+    if not isinstance(name, str) or not is_emitted(name):
+        allowed = [m for m in emitted_metrics() if not m.startswith("test/")]
         raise ConfigError(
-            f"{where}: name={name!r} is not a metric of train_and_evaluate; "
-            f"use a key starting with {', '.join(METRIC_PREFIXES)} (e.g. val/acc_avg)"
+            f"{where}: name={name!r} is not a metric of train_and_evaluate; allowed: "
+            f"{', '.join(allowed)}, member/<i>/val_acc, div/consensus/<layer>"
         )
     if goal not in GOALS:
         raise ConfigError(f"{where}: goal={goal!r}: allowed values are maximize, minimize")
@@ -404,6 +472,8 @@ def _param(name: str, spec: Any) -> Param:
     q = spec.get("q")
     if dist == "q_uniform" and (not isinstance(q, int | float) or isinstance(q, bool) or q <= 0):
         raise ConfigError(f"{where}: q_uniform needs q > 0, got {q!r}")
+    if dist == "q_uniform" and field_type(name) is int and not float(q).is_integer():
+        raise ConfigError(f"{where}: {name} is an integer field; q must be a whole number, got {q}")
     if field_type(name) is int and dist in ("uniform", "log_uniform_values", "log_uniform"):
         raise ConfigError(f"{where}: {name} is an integer field; use int_uniform or values")
     if field_type(name) not in (int, float):
@@ -473,6 +543,8 @@ def _early_terminate(raw: dict) -> dict[str, Any] | None:
     et = raw.get("early_terminate")
     if et is None:
         return None
+    if not isinstance(et, dict):
+        raise ConfigError(f"early_terminate={et!r}: must be a mapping {{type: hyperband, ...}}")
     if et.get("type") != "hyperband":
         raise ConfigError(f"early_terminate.type={et.get('type')!r}: only hyperband is supported")
     if "min_iter" not in et and "max_iter" not in et:
