@@ -52,13 +52,18 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def load_runs(root: str | Path, where: dict[str, str] | None = None) -> list[dict[str, Any]]:
-    """Every finished run under `root` whose config matches `where` (field -> value as text):
+def load_runs(
+    root: str | Path, where: dict[str, str] | None = None, only: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """Every finished run under `root` whose config matches `where` (field -> value as text)
+    and, when `only` is given, whose directory (relative to `root`) is listed there:
     {"run", "path", "config", "summary", "history"}."""
     root = Path(root)
     wanted = {k: coerce(k, v) for k, v in (where or {}).items()}
     runs, seen = [], set()
     for summary_path in sorted(root.rglob("summary.json")):
+        if only is not None and str(summary_path.parent.relative_to(root)) not in only:
+            continue
         summary = read_json(summary_path)
         cfg = summary["config"]
         if any(cfg.get(k) != v for k, v in wanted.items()):
@@ -124,11 +129,14 @@ def _ordered(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_tables(
-    runs_root: str | Path, out: str | Path, where: dict[str, str] | None = None
+    runs_root: str | Path,
+    out: str | Path,
+    where: dict[str, str] | None = None,
+    only: list[str] | None = None,
 ) -> dict[str, Path]:
-    """Aggregate the runs under `runs_root` (matching `where`) into the tables under `out`;
-    returns their paths."""
-    runs = load_runs(runs_root, where)
+    """Aggregate the runs under `runs_root` (matching `where`, listed in `only`) into the
+    tables under `out`; returns their paths."""
+    runs = load_runs(runs_root, where, only)
     if not runs:
         raise FileNotFoundError(f"no finished run (summary.json) under {str(runs_root)!r}")
     out = Path(out)
@@ -209,8 +217,16 @@ def main(argv: list[str] | None = None) -> int:
         metavar="FIELD=VALUE",
         help="keep only runs whose config field has this value (repeatable)",
     )
+    parser.add_argument(
+        "--list",
+        default=None,
+        metavar="GRID_JSON",
+        help="keep only the run directories listed there ({runs: [name, ...]}, as written by "
+        "`wash-sweeps grid`): runs of an earlier grid stay on disk but are not averaged",
+    )
     args = parser.parse_args(argv)
-    paths = write_tables(args.runs, args.out, parse_overrides(args.where))
+    only = read_json(args.list)["runs"] if args.list else None
+    paths = write_tables(args.runs, args.out, parse_overrides(args.where), only)
     n = len(pd.read_csv(paths["runs_csv"]))
     print(f"{n} runs -> {', '.join(str(p) for p in paths.values())}")
     return 0

@@ -32,6 +32,8 @@ COMMANDS = {
         "wash_sweeps.wandb_sweep",
         "run a W&B sweep (online agent or offline controller)",
     ),
+    "grid": ("wash_sweeps.grid", "train every run params.yaml lists, several side by side"),
+    "dvc-params": ("wash_sweeps.grid", "write (or --check) params.yaml's runs from sweep files"),
     "figures": ("analysis.figures", "draw the paper's figures from result files"),
     "bench": ("benchmarks.run", "measure training, shuffle and exchange speed"),
 }
@@ -71,6 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunFailure as e:
         print(f"wash-sweeps: error: {redact_text(str(e))}", file=sys.stderr, flush=True)
         return 1
+    except BrokenPipeError:  # `wash-sweeps fields | head`: the reader left, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("wash-sweeps: interrupted; results written so far are kept", file=sys.stderr)
         return 130
