@@ -54,6 +54,8 @@ def run(command: str, args: argparse.Namespace) -> int:
 def _config_for(args: argparse.Namespace) -> tuple[TrainConfig, Path | None, bool]:
     if args.resume:
         return _resume_config(Path(args.resume), args.overwrite), Path(args.resume), True
+    if args.workdir and Path(args.workdir).exists() and not Path(args.workdir).is_dir():
+        raise ConfigError(f"--workdir {args.workdir!r}: is a file, not a directory")
     cfg = from_args(args)
     if args.track is not None:
         cfg = cfg.replace(track=args.track)

@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -179,6 +180,9 @@ class TrainConfig:
     def from_dict(cls, values: Mapping[str, Any], base: TrainConfig | None = None) -> TrainConfig:
         """Apply `values` over `base` (or over the preset named in `values`, or the default)."""
         values = dict(values)
+        bad = [k for k in values if not isinstance(k, str)]
+        if bad:
+            raise ConfigError(f"config key {bad[0]!r}: field names are strings (see fields)")
         if base is None:
             base = preset(str(values["preset"])) if "preset" in values else cls()
         unknown = sorted(set(values) - set(field_names()))
@@ -200,6 +204,8 @@ class TrainConfig:
             raise ConfigError(f"config file {str(path)!r} does not exist")
         try:
             data = yaml.safe_load(path.read_text()) or {}
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {str(path)!r} is not UTF-8 text") from None
         except yaml.YAMLError as e:
             first = str(e).splitlines()[0]
             raise ConfigError(f"config file {str(path)!r} is not valid YAML: {first}") from e
@@ -310,8 +316,13 @@ def coerce(name: str, value: Any) -> Any:
                 return False
             raise ConfigError(f"{name}={value!r}: expected a boolean (true/false)")
         try:
-            return typ(float(text)) if typ is int and "e" in text.lower() else typ(text)
-        except ValueError:
+            if typ is int and "e" in text.lower():
+                number = float(text)
+                if not number.is_integer():
+                    raise ValueError(text)
+                return int(number)
+            return typ(text)
+        except (ValueError, OverflowError):
             raise ConfigError(f"{name}={value!r}: expected {typ.__name__}") from None
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -385,7 +396,7 @@ def _check_cross_fields(c: TrainConfig) -> None:
         raise ConfigError(f"synthetic_shape={c.synthetic_shape!r}: model cnn1d needs CxL")
     if c.dataset == "synthetic" and c.model != "cnn1d" and c.model != "mlp" and len(dims) != 3:
         raise ConfigError(f"synthetic_shape={c.synthetic_shape!r}: model {c.model} needs CxHxW")
-    if c.device != "auto" and c.device != "cpu" and not c.device.startswith("cuda"):
+    if c.device not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", c.device):
         raise ConfigError(f"device={c.device!r}: allowed values are auto, cpu, cuda, cuda:K")
     trackers = [t for t in c.track.split(",") if t.strip()]
     for t in trackers:

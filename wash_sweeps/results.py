@@ -293,8 +293,17 @@ def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
     path = Path(path)
     if not path.exists():
         return
+    from .config import ConfigError
+
     with path.open() as f:
-        for line in f:
+        for number, line in enumerate(f, 1):
             line = line.strip()
-            if line:
+            if not line:
+                continue
+            try:
                 yield json.loads(line)
+            except ValueError:
+                raise ConfigError(
+                    f"{path}: line {number} is not a JSON record (a damaged file); remove that "
+                    "line, or start the run again with --overwrite"
+                ) from None

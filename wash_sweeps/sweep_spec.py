@@ -307,6 +307,8 @@ def load_spec(path: str | Path, overrides: Mapping[str, Any] | None = None) -> S
         raise ConfigError(f"sweep file {str(path)!r} does not exist")
     try:
         raw = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
     try:

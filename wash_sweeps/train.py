@@ -59,7 +59,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name!r}: CUDA is not available on this machine")
+        raise ConfigError(f"device={name!r}: CUDA is not available on this machine; use cpu")
     return torch.device(name)
 
 
