@@ -52,10 +52,11 @@ def test_shipped_sweep_files_load_and_are_valid_wandb_configs():
 
 def test_method_grid_expands_for_dvc():
     grid = dvc_grid(load_spec(Path(__file__).parent.parent / "sweeps" / "method_grid.yaml"))
-    assert len(grid) == 12  # 4 methods x 3 seeds
-    assert {(g["method"], g["seed"]) for g in grid} == {
-        (m, s) for m in ("independent", "wash", "papa", "papa_all") for s in (0, 1, 2)
-    }
+    assert len(grid) == 24  # (3 baselines + WASH at 5 values of p) x 3 seeds
+    seeds = (0, 1, 2)
+    expected = {(m, None, s) for m in ("independent", "papa", "papa_all") for s in seeds}
+    expected |= {("wash", p, s) for p in (0.001, 0.003, 0.01, 0.03, 0.1) for s in seeds}
+    assert {(g["method"], g.get("p"), g["seed"]) for g in grid} == expected  # p only for WASH
     for g in grid:
         assert TrainConfig.from_dict(g).preset == "mnist1d-fast"
 
