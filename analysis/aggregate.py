@@ -40,6 +40,8 @@ def label(cfg: dict[str, Any]) -> str:
         return f"wash p={cfg['p']:g} {cfg['layer_schedule']} opt-state-{opt}"
     if method == "papa":
         return f"papa rate={cfg['papa_rate']:g}"
+    if method in ("papa2", "dart"):  # merge period K in epochs (papa_all_every)
+        return f"{method} K={cfg['papa_all_every']}"
     return method
 
 

@@ -56,6 +56,8 @@ def _short(label: str, method: str, p: float) -> str:
         return f"WASH p={p:g}"
     if method == "papa":  # PAPA's rates are settings of their own: "PAPA rate=0.1"
         return f"{style.label(method)} {label.removeprefix('papa ')}"
+    if method in ("papa2", "dart"):  # and their merge periods: "DART K=5"
+        return f"{style.label(method)} {label.removeprefix(method + ' ')}"
     return style.label(method)
 
 

@@ -41,6 +41,7 @@ MAIN_COLUMNS = {
     "test/acc_ens": "ensemble",
     "test/acc_member_mean": "mean member",
     "test/acc_greedy": "greedy soup",
+    "test/acc_aligned": "aligned average",
     "div/disagreement": "disagreement",
     "barrier/mean": "pair barrier (nats)",
     "comm/bytes_total": "MB sent",
@@ -52,12 +53,14 @@ CHOSEN_COLUMNS = {
     "test/acc_ens": "ensemble",
     "test/acc_member_mean": "mean member",
     "test/acc_greedy": "greedy soup",
+    "test/acc_aligned": "aligned average",
     "comm/bytes_total": "MB sent",
 }
 PERCENT = {f"{split}/{m}" for split in ("val", "test")
-           for m in ("acc_avg", "acc_ens", "acc_member_mean", "acc_greedy")}  # fmt: skip
+           for m in ("acc_avg", "acc_ens", "acc_member_mean", "acc_greedy",
+                     "acc_aligned")}  # fmt: skip
 METHOD_NAMES = {"independent": "independent", "papa": "PAPA", "papa_all": "PAPA-all",
-                "wash": "WASH"}  # fmt: skip
+                "papa2": "PAPA-2", "dart": "DART", "wash": "WASH"}  # fmt: skip
 CAPTIONS = {
     "fig1_accuracy_vs_p": "Figure 1. WASH test accuracy against the shuffle probability p "
     "(averaged model, ensemble, mean member); independent members' naive average and the "

@@ -15,7 +15,7 @@ import pandas as pd
 
 SELECT_KEY = "val/acc_avg"  # every choice: the averaged model's validation accuracy
 REPORT_KEY = "test/acc_avg"  # what a choice is reported with
-BASELINES = ["independent", "papa", "papa_all"]
+BASELINES = ["independent", "papa", "papa_all", "papa2", "dart"]
 METHOD_ORDER = [*BASELINES, "wash"]
 
 

@@ -20,12 +20,16 @@ METHOD_COLORS = {
     "independent": "#7f7f7f",
     "papa": "#1f77b4",
     "papa_all": "#9467bd",
+    "papa2": "#17becf",
+    "dart": "#2ca02c",
     "wash": "#d62728",
 }
 METHOD_LABELS = {
     "independent": "independent (naive average)",
     "papa": "PAPA",
     "papa_all": "PAPA-all",
+    "papa2": "PAPA-2",
+    "dart": "DART",
     "wash": "WASH",
 }
 # the three test accuracies of a population, drawn the same way in every figure

@@ -423,7 +423,8 @@ def test_plot_tables_have_fixed_columns_and_the_chosen_settings(tables: Path) ->
     paths = plot_tables.write_plot_tables(tables)
     assert [p.name for p in paths] == list(plot_tables.FILES)
     epochs = pd.read_csv(paths[0])
-    assert list(epochs.columns) == ["epoch", "independent", "papa", "papa_all", "wash"]
+    assert list(epochs.columns) == ["epoch", *selection.METHOD_ORDER]
+    assert selection.METHOD_ORDER == ["independent", "papa", "papa_all", "papa2", "dart", "wash"]
     assert list(epochs["epoch"]) == list(EPOCHS)
     # each method's curve is its setting chosen on validation (PAPA rate 0.1, WASH p=0.01), test
     papa = np.mean([acc("papa", 0.01, 5, s) for s in SEEDS])
@@ -449,5 +450,13 @@ def test_plot_tables_of_old_runs_keep_their_shape(tmp_path: Path) -> None:
     aggregate.write_tables(tmp_path / "runs", tmp_path / "tables")
     paths = plot_tables.write_plot_tables(tmp_path / "tables")
     epochs = pd.read_csv(paths[0])
-    assert list(epochs.columns) == ["epoch", "independent", "papa", "papa_all", "wash"]
+    assert list(epochs.columns) == ["epoch", *selection.METHOD_ORDER]
     assert epochs[["papa", "wash"]].isna().all().all()  # no test keys: nothing to plot
+
+
+def test_labels_of_papa2_and_dart_name_their_merge_period() -> None:
+    for method, name in (("papa2", "PAPA-2"), ("dart", "DART")):
+        cfg = TrainConfig(method=method, papa_all_every=3).to_dict()
+        assert aggregate.label(cfg) == f"{method} K=3"
+        assert figures._short(aggregate.label(cfg), method, 0.0) == f"{name} K=3"
+        assert method in selection.BASELINES and report.METHOD_NAMES[method] == name

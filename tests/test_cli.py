@@ -68,3 +68,5 @@ def test_fields_lists_every_field_with_its_unit(capsys):
     assert main(["fields"]) == 0
     out = capsys.readouterr().out
     assert "per coordinate per shuffle" in out and "mnist1d-fast" in out
+    assert "papa2 (pairwise averages" in out and "always on for method=dart" in out
+    assert "align_at_end" in out

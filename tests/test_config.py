@@ -70,7 +70,10 @@ def test_frozen():
         ({"p": -0.1}, "p=-0.1: must be >= 0.0"),
         ({"lr": -1.0}, "lr=-1.0: must be > 0.0"),
         ({"n_members": 1}, "n_members=1: method 'wash' needs n_members >= 2"),
-        ({"method": "soup"}, "method='soup': allowed values are independent, wash, papa, papa_all"),
+        (
+            {"method": "soup"},
+            "method='soup': allowed values are independent, wash, papa, papa_all, papa2, dart",
+        ),
         ({"p_rob": 0.1}, "unknown config field 'p_rob'"),
         ({"epochs": "ten"}, "epochs='ten': expected int"),
         ({"shuffle_buffers": "maybe"}, "shuffle_buffers='maybe': expected a boolean"),

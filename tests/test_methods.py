@@ -6,7 +6,7 @@ import torch
 
 from wash_sweeps import seeding
 from wash_sweeps.config import TrainConfig
-from wash_sweeps.methods import allreduce_values, make_method
+from wash_sweeps.methods import allreduce_values, draw_pairs, make_method, pair_values
 from wash_sweeps.population import Population
 
 
@@ -181,3 +181,64 @@ def test_expected_fraction_logged():
     assert d["wash/expected_fraction_selected"] == pytest.approx(0.01)
     assert d["wash/expected_fraction_changed"] == pytest.approx(0.01 * (1 - 1 / 3))
     assert np.isclose(d["wash/p_first_layer"], 0.01)
+
+
+# --- PAPA-2 and DART ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [3, 4, 5, 8])
+def test_papa2_draws_n_distinct_pairs_uniformly(n):
+    from collections import Counter
+    from itertools import combinations
+
+    counts = Counter()
+    for epoch in range(3000):
+        pairs = draw_pairs(n, seeding.numpy_rng(0, seeding.PAIRS, epoch))
+        assert len(pairs) == n == len(set(pairs))
+        assert all(0 <= a < b < n for a, b in pairs)
+        counts.update(pairs)
+    every = list(combinations(range(n), 2))
+    assert set(counts) == set(every)  # unlike PAPA's code, whose first N pairs leave some out
+    expected = 3000 * n / len(every)
+    assert all(abs(c - expected) < 6 * expected**0.5 for c in counts.values())
+
+
+def test_papa2_with_two_members_averages_the_one_pair_twice():
+    """As PAPA's code does (n_groups = [[0, 1], [0, 1]]): both become the average."""
+    assert draw_pairs(2, np.random.default_rng(0)) == [(0, 1), (0, 1)]
+
+
+def test_papa2_replaces_members_by_pair_averages_on_papa_alls_schedule():
+    cfg, pop = _pop(method="papa2", papa_all_every=2, epochs=5, n_members=5)
+    _perturb(pop)
+    method = make_method(cfg, pop, None, total_steps=100)
+    assert [e for e in range(5) if method.is_merge_epoch(e)] == [0, 2]
+    before_p, before_b = pop.params.clone(), pop.buffers.clone()
+    momentum = pop.opt_state["momentum_buffer"].clone()
+    sent = method.after_epoch(2)
+    pairs = method.pairs(2)
+    assert pairs == draw_pairs(5, seeding.numpy_rng(cfg.seed, seeding.PAIRS, 2))  # (seed, epoch)
+    for k, (a, b) in enumerate(pairs):
+        assert torch.equal(pop.params[k], (before_p[a] + before_p[b]) * 0.5)
+        assert torch.equal(pop.buffers[k], (before_b[a] + before_b[b]) * 0.5)
+    assert torch.equal(pop.opt_state["momentum_buffer"], momentum)  # not the optimizer state
+    # recount: member k receives the full state of each pair member that is not itself
+    d = pop.spec.n_params + pop.spec.n_buffers
+    needed = sum(len({a, b} - {k}) for k, (a, b) in enumerate(pairs))
+    assert sent == needed * d * 4 == pair_values(pairs, d) * 4
+    assert method.after_epoch(3) == 0 and method.after_epoch(4) == 0  # 4 is the last epoch
+
+
+def test_dart_forces_member_regularization_and_merges_like_papa_all():
+    from wash_sweeps.regularization import NONE
+
+    cfg, pop = _pop(method="dart", papa_all_every=1, epochs=3, member_regularization=False)
+    assert cfg.uses_member_regularization
+    assert any(pop.regularization(m) != NONE for m in range(cfg.n_members))
+    ref_cfg, ref = _pop(method="papa_all", papa_all_every=1, epochs=3)
+    assert all(ref.regularization(m) == NONE for m in range(cfg.n_members))
+    _perturb(pop)
+    _perturb(ref)
+    sent = make_method(cfg, pop, None, 30).after_epoch(0)
+    assert sent == make_method(ref_cfg, ref, None, 30).after_epoch(0) > 0
+    assert torch.equal(pop.params, ref.params)

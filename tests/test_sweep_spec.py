@@ -226,3 +226,15 @@ def test_missing_file_and_bad_override(tmp_path):
         load_spec(good, {"colour": "red"})
     with pytest.raises(ConfigError, match="epochs='x': expected int"):
         load_spec(good, {"epochs": "x"})
+
+
+def test_baselines_grid_conditions_the_merge_period_on_the_merging_methods():
+    spec = load_spec(Path(__file__).parent.parent / "sweeps" / "baselines.yaml")
+    grid = spec.grid()
+    merging = ("papa_all", "papa2", "dart")
+    for g in grid:
+        assert ("papa_all_every" in g) == (g["method"] in merging)
+        assert ("p" in g) == (g["method"] == "wash")
+        spec.resolve(g)  # every combination is a valid config
+    per_seed = {tuple(sorted((k, v) for k, v in g.items() if k != "seed")) for g in grid}
+    assert len(grid) == 3 * len(per_seed) == 3 * (1 + 1 + 3 * 2 + 2)

@@ -31,6 +31,10 @@ FINAL_KEYS = [
     "div/kl",
     "barrier/mean",
     "barrier/member_avg_mean",
+    "val/acc_aligned",
+    "test/acc_aligned",
+    "test/loss_aligned",
+    "barrier/aligned_mean",
     "comm/bytes_total",
     "train/loss",
     "train/lr",
@@ -40,7 +44,7 @@ FINAL_KEYS = [
 ]
 
 
-@pytest.mark.parametrize("method", ["independent", "wash", "papa", "papa_all"])
+@pytest.mark.parametrize("method", ["independent", "wash", "papa", "papa_all", "papa2", "dart"])
 @pytest.mark.parametrize("dataset,model", [("mnist1d", "cnn1d"), ("digits", "cnn_digits")])
 def test_every_method_end_to_end(tmp_path, tiny_cfg, method, dataset, model):
     cfg = tiny_cfg(
@@ -53,7 +57,7 @@ def test_every_method_end_to_end(tmp_path, tiny_cfg, method, dataset, model):
     # a broken learner stays at chance (10 classes): every method's members learn in 2 epochs
     assert s["val/acc_member_mean"] > 0.2 and s["test/acc_member_mean"] > 0.2
     assert s["test/acc_ens"] > 0.2
-    if method == "papa_all":  # merged after epoch 0: one basin, so the average works too
+    if method in ("papa_all", "dart"):  # merged after epoch 0: one basin, the average works
         assert s["test/acc_avg"] > 0.2
     assert (s["comm/bytes_total"] > 0) == (method != "independent")
     run = RunDir(tmp_path / "run")
@@ -117,6 +121,22 @@ def test_papa_all_bytes_are_merges_times_bytes_per_merge(tmp_path, tiny_cfg, epo
     d = s["derived"]["n_params"] + s["derived"]["n_buffers"]
     assert s["comm/bytes_total"] == merges * 2 * (cfg.n_members - 1) * d * 4
     assert s["div/consensus"] > 0  # not merged after the last epoch: members differ
+
+
+def test_papa2_bytes_recount_the_rows_each_new_member_receives(tmp_path, tiny_cfg):
+    """After epochs 0 and 2 of 4 (K = 2), new member k receives the state of each member of
+    its pair that is not itself; the pairs come from the (seed, epoch) generator."""
+    from wash_sweeps import seeding
+    from wash_sweeps.methods import draw_pairs
+
+    cfg = tiny_cfg(method="papa2", papa_all_every=2, epochs=4, n_train=256, n_members=4)
+    s = train_and_evaluate(cfg, tmp_path / "run")
+    d = s["derived"]["n_params"] + s["derived"]["n_buffers"]
+    rows = 0
+    for epoch in (0, 2):
+        pairs = draw_pairs(4, seeding.numpy_rng(cfg.seed, seeding.PAIRS, epoch))
+        rows += sum(len({a, b} - {k}) for k, (a, b) in enumerate(pairs))
+    assert s["comm/bytes_total"] == rows * d * 4 > 0
 
 
 def test_papa_bytes_are_pulls_times_bytes_per_pull(tmp_path, tiny_cfg):

@@ -25,8 +25,8 @@ import yaml
 
 Dataset = Literal["mnist1d", "digits", "cifar10", "cifar100", "synthetic"]
 Model = Literal["cnn1d", "cnn_digits", "mlp", "resnet18", "resnet20", "vgg16_bn"]
-Method = Literal["independent", "wash", "papa", "papa_all"]
-POPULATION_METHODS = ("wash", "papa", "papa_all")
+Method = Literal["independent", "wash", "papa", "papa_all", "papa2", "dart"]
+POPULATION_METHODS = ("wash", "papa", "papa_all", "papa2", "dart")
 
 
 # fields that steer how a run is executed or recorded, never what it computes: they may differ
@@ -88,13 +88,18 @@ class TrainConfig:
         32, "channels of the first layer of the small models (cnn1d/cnn_digits/mlp)", min=1
     )
     # --- the population and its communication ---------------------------------------------
-    method: Method = _f("wash", "independent | wash | papa | papa_all")
+    method: Method = _f(
+        "wash",
+        "independent | wash | papa | papa_all | papa2 (pairwise averages at papa_all's times) | "
+        "dart (papa_all's schedule, member_regularization forced on)",
+    )
     n_members: int = _f(5, "population size N", min=1)
     same_init: bool = _f(False, "all members start from member 0's initialisation")
     member_regularization: bool = _f(
         False,
         "PAPA's grid: member k takes entry k of the seed-shuffled product of mixup {0,.5,1}, "
-        "label smoothing {0,.05,.1}, CutMix {0,.5,1}, random erasing {0,.15,.35}",
+        "label smoothing {0,.05,.1}, CutMix {0,.5,1}, random erasing {0,.15,.35} "
+        "(always on for method=dart)",
     )
     p: float = _f(
         0.01,
@@ -117,7 +122,12 @@ class TrainConfig:
     papa_rate: float = _f(0.01, "per sync: PAPA pull (1-a) toward the mean", min=0.0, max=1.0)
     papa_every: int = _f(10, "optimizer steps between PAPA pulls", min=1)
     papa_scale_with_lr: bool = _f(True, "PAPA pull scaled by lr_t/lr_0 along the schedule")
-    papa_all_every: int = _f(5, "epochs between PAPA-all replacements by the average", min=1)
+    papa_all_every: int = _f(
+        5,
+        "epochs K between merges of papa_all, papa2 and dart (after epochs 0, K, 2K, ..., "
+        "never after the last)",
+        min=1,
+    )
     # --- optimisation ---------------------------------------------------------------------
     optimizer: Literal["sgd", "adamw"] = _f("sgd", "optimizer of every member")
     lr: float = _f(0.05, "learning rate at the start of the schedule", gt=0.0)
@@ -147,6 +157,11 @@ class TrainConfig:
         "(models with BatchNorm only; off = interpolate the running statistics)",
     )
     bn_reestimate_batches: int = _f(20, "training batches to re-estimate BN statistics", min=1)
+    align_at_end: bool = _f(
+        True,
+        "final evaluation only: Git Re-Basin weight matching of every member to member 0, then "
+        "the average (BN statistics re-estimated): val/ and test/acc_aligned, barrier/aligned_mean",
+    )
     # --- run control ----------------------------------------------------------------------
     seed: int = _f(0, "base seed; every other seed is derived from it", min=0)
     device: str = _f("auto", "auto | cpu | cuda | cuda:K")
@@ -235,6 +250,11 @@ class TrainConfig:
     @property
     def is_population_method(self) -> bool:
         return self.method in POPULATION_METHODS
+
+    @property
+    def uses_member_regularization(self) -> bool:
+        """PAPA's per-member grid is on: asked for, or DART (its members differ by it)."""
+        return self.member_regularization or self.method == "dart"
 
     def result_config(self) -> dict[str, Any]:
         """The fields that change a run's results (all but RUN_CONTROL): what a retry, a resume

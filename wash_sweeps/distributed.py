@@ -16,6 +16,8 @@ The transport is `DistributedExchange`, the torch.distributed twin of `methods.L
   only values travel: one `all_to_all_single` with uneven splits per call, all tensors of the
   call (weights, optimizer state) packed together; no indices, no permutations.
 - PAPA (`mean`): an all-reduce (sum) of the local rows, divided by N.
+- PAPA-2 (`rows_from`): each process receives the rows of the pair members it does not hold, in
+  one `all_to_all_single` of whole rows (the pairs come from the shared (seed, epoch) generator).
 - Evaluation and checkpoints (`gather`): the rows go to rank 0, the only process that writes.
 
 A process that dies makes the others fail with `PeerFailure` (one line) instead of hanging: the
@@ -182,6 +184,41 @@ class DistributedExchange:
             return None
         rows_in_order = [part[: len(s)] for part, s in zip(parts, self.slices, strict=True)]
         return torch.cat(rows_in_order).to(home)
+
+    def rows_from(self, local: torch.Tensor, sources: Sequence[int]) -> torch.Tensor:
+        """Row r becomes member sources[m]'s row (m = this rank's r-th member): rows held here
+        are copied, the others come in one all_to_all_single of whole rows (PAPA-2). Both ends
+        list a rank pair's rows by receiving member, so no index travels."""
+        me, lo = self.rank, self.slices[self.rank].start
+        src_rank = [int(self.owner[s]) for s in sources]
+        dst_rank = self.owner.tolist()
+        out = local.clone()
+        for k in self.members:
+            if src_rank[k] == me:
+                out[k - lo] = local[sources[k] - lo]
+        if all(src_rank[k] == dst_rank[k] for k in range(self.n_members)):
+            return out  # every row is where it is needed: nothing to send
+        start = time.perf_counter()
+        # receivers in member order: grouped by destination rank, since slices are in order
+        send = [k for k in range(self.n_members) if src_rank[k] == me and dst_rank[k] != me]
+        recv = sorted((k for k in self.members if src_rank[k] != me), key=lambda k: src_rank[k])
+        row = local[0].numel()
+        sent = torch.stack([local[sources[k] - lo].reshape(-1) for k in send]) if send else None
+        received = local.new_empty((len(recv), row))
+        ranks = range(self.world_size)
+        self._collective(
+            "all_to_all_single (PAPA-2 rows)",
+            dist.all_to_all_single,
+            received.view(-1),
+            sent.view(-1) if sent is not None else local.new_empty(0),
+            output_split_sizes=[row * sum(src_rank[k] == q for k in recv) for q in ranks],
+            input_split_sizes=[row * sum(dst_rank[k] == q for k in send) for q in ranks],
+        )
+        for k, values in zip(recv, received, strict=True):
+            out[k - lo] = values.view(local.shape[1:])
+        self.stats.seconds += time.perf_counter() - start
+        self.stats.sent_values += len(send) * row
+        return out
 
     # --- helpers -------------------------------------------------------------------------------
     def _route(self, plan: ShufflePlan) -> _Route:

@@ -1,26 +1,31 @@
-"""The communication methods (independent, wash, papa, papa_all) behind one small interface.
+"""The communication methods (independent, wash, papa, papa_all, papa2, dart) behind one small
+interface.
 
 A method acts on the population after every optimizer step and every epoch and returns the exact
 number of bytes a distributed implementation must send. It never touches tensors of other
 processes itself: it goes through an *exchange* (the transport). `LocalExchange` holds every
 member in this process; `wash_sweeps.distributed` provides one over torch.distributed with the
-same three operations, so the same method code runs both ways.
+same four operations, so the same method code runs both ways.
 
 Byte accounting (method.md), all totals over the whole population:
 - WASH: values that change owner (selected coordinates with s(i) != i) x element size, for the
   weights and for every tensor shuffled along (optimizer state, buffers). Indices and
   permutations cost nothing: every process draws them from the shared (seed, step) generator.
-- PAPA / PAPA-all: a ring all-reduce of the full state (parameters + float buffers) moves
-  2 (N - 1) / N * d values per member, 2 (N - 1) d in all.
+- PAPA / PAPA-all / DART: a ring all-reduce of the full state (parameters + float buffers)
+  moves 2 (N - 1) / N * d values per member, 2 (N - 1) d in all.
+- PAPA-2: new member k is the mean of members a_k and b_k; it receives the full state of each
+  of the two it is not itself: d values per such row, summed over the N new members.
 - Data-parallel SGD (the reference line): the same all-reduce of the gradient every step.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from . import seeding
@@ -48,6 +53,10 @@ class Exchange(Protocol):
     def gather(self, local: torch.Tensor) -> torch.Tensor | None:
         """All N rows (N, ...) stacked in member order (on the logging process; None elsewhere)."""
 
+    def rows_from(self, local: torch.Tensor, sources: Sequence[int]) -> torch.Tensor:
+        """(n_local, P): local row r becomes a copy of member sources[m]'s row, m the member of
+        row r (`sources` has one entry per member, the same on every process)."""
+
 
 class LocalExchange:
     """Every member is in this process: the operations are plain tensor ops."""
@@ -66,6 +75,9 @@ class LocalExchange:
 
     def gather(self, local: torch.Tensor) -> torch.Tensor | None:
         return local
+
+    def rows_from(self, local: torch.Tensor, sources: Sequence[int]) -> torch.Tensor:
+        return local[torch.as_tensor(list(sources), device=local.device)]
 
 
 class Method:
@@ -197,11 +209,65 @@ class PapaAll(Papa):
         return self.state_allreduce_bytes()
 
 
+def draw_pairs(n_members: int, rng: np.random.Generator) -> list[tuple[int, int]]:
+    """PAPA-2's pairs: new member k averages pairs[k]. N distinct pairs drawn uniformly from the
+    N (N - 1) / 2 (in random order). PAPA's code takes instead a random order of the first N
+    pairs of the lexicographic list, so member 0 is in N - 1 of them and member N - 1 in one;
+    both agree at N = 3 (all three pairs). With N = 2 there is one pair: both new members are
+    its average, as in PAPA's code ([[0, 1], [0, 1]])."""
+    every = list(itertools.combinations(range(n_members), 2))
+    if len(every) < n_members:
+        return [every[k % len(every)] for k in range(n_members)]
+    return [every[i] for i in rng.choice(len(every), size=n_members, replace=False)]
+
+
+class Papa2(PapaAll):
+    """PAPA-2 (PAPA's `pair_half`): at PAPA-all's times, N new members each the 0.5/0.5
+    average of a pair of current members (parameters and float buffers; see `draw_pairs`).
+    The pairs come from the (seed, epoch) generator, so every process draws the same."""
+
+    name = "papa2"
+
+    def pairs(self, epoch: int) -> list[tuple[int, int]]:
+        rng = seeding.numpy_rng(self.cfg.seed, seeding.PAIRS, epoch)
+        return draw_pairs(self.cfg.n_members, rng)
+
+    def after_epoch(self, epoch: int) -> int:
+        if not self.is_merge_epoch(epoch):
+            return 0
+        pairs = self.pairs(epoch)
+        for t in (self.pop.params, self.pop.buffers):
+            if t.numel():
+                a = self.exchange.rows_from(t, [i for i, _ in pairs])
+                b = self.exchange.rows_from(t, [j for _, j in pairs])
+                t.copy_(a.add_(b).mul_(0.5))
+        return pair_values(pairs, self.pop.spec.n_params + self.pop.spec.n_buffers) * self.elem_size
+
+
+def pair_values(pairs: Sequence[tuple[int, int]], d: int) -> int:
+    """Values PAPA-2 sends: new member k receives the d-value state of each member of its pair
+    that it is not itself (one it holds already costs nothing)."""
+    return d * sum((a != k) + (b != k) for k, (a, b) in enumerate(pairs))
+
+
+class Dart(PapaAll):
+    """DART (Jain et al., CVPR 2023), the setting of PAPA's comparison: members train with
+    different regularisations (PAPA's per-member grid, forced on whatever
+    `member_regularization` says: see TrainConfig.uses_member_regularization) and are replaced
+    by their uniform average on PAPA-all's schedule (after epochs 0, K, 2K, ..., K =
+    `papa_all_every`, never after the last). The merge after epoch 0 gives every member the same
+    starting point, as DART's branches share theirs."""
+
+    name = "dart"
+
+
 METHODS: dict[str, type[Method]] = {
     "independent": Method,
     "wash": Wash,
     "papa": Papa,
     "papa_all": PapaAll,
+    "papa2": Papa2,
+    "dart": Dart,
 }
 
 
@@ -224,5 +290,7 @@ __all__ = [
     "Segment",
     "allreduce_values",
     "dp_sgd_bytes_per_step",
+    "draw_pairs",
     "make_method",
+    "pair_values",
 ]

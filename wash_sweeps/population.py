@@ -183,8 +183,8 @@ class Population:
 
     # --- training ---------------------------------------------------------------------------
     def regularization(self, member: int) -> member_reg.MemberRegularization:
-        """A member's entry of PAPA's grid; all zeros unless member_regularization."""
-        return member_reg.for_member(self.cfg.seed, member, self.cfg.member_regularization)
+        """A member's entry of PAPA's grid; all zeros unless member_regularization (or dart)."""
+        return member_reg.for_member(self.cfg.seed, member, self.cfg.uses_member_regularization)
 
     def member_loss(self, row: int, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
         member = self.members[row]

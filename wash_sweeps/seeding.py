@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 # purposes: small fixed integers, so that seeds for different uses never collide
-INIT, DATA_ORDER, AUGMENT, SHUFFLE, SPLIT, REGULARIZATION, EVAL = range(7)
+INIT, DATA_ORDER, AUGMENT, SHUFFLE, SPLIT, REGULARIZATION, EVAL, PAIRS = range(8)
 
 
 def derive(base: int, purpose: int, *indices: int) -> int:

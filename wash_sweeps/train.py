@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import seeding
+from .align import align_rows, permutation_spec
 from .averaging import greedy_soup, load_into, reestimate_bn, uniform_soup
 from .config import ConfigError, TrainConfig
 from .data import Data, augment_batch, batch, epoch_order, load_data, steps_per_epoch
@@ -306,18 +307,9 @@ def _barriers(
 ) -> tuple[dict[str, float], dict[str, list[float]]]:
     """Loss barriers on the test split between member pairs and from each member to the
     average (BN statistics re-estimated at every point of the path when the model has BN)."""
-    cfg, data = run.cfg, run.data
-    n = cfg.barrier_samples or len(data.y_test)
-    x, y = data.x_test[:n], data.y_test[:n]
-    bn = _bn_batches(run) if run.pop.has_bn and cfg.barrier_bn_reestimate else []
-    curves: dict[str, list[float]] = {}
+    curve = _curve_fn(run, spare)
+    curves = _pair_curves(run, params, buffers, spare)
     avg = uniform_soup(params, buffers)
-
-    def curve(a, b) -> list[float]:
-        return loss_curve(spare, a, b, x, y, cfg.barrier_points, cfg.eval_batch_size, bn)
-
-    for i, j in barrier_pairs(params.shape[0], cfg.barrier_pairs):
-        curves[f"pair/{i}-{j}"] = curve((params[i], buffers[i]), (params[j], buffers[j]))
     for i in range(params.shape[0]):
         curves[f"avg/{i}"] = curve((params[i], buffers[i]), avg)
     pair = [barrier(c) for k, c in curves.items() if k.startswith("pair/")]
@@ -328,6 +320,30 @@ def _barriers(
         "barrier/member_avg_mean": sum(to_avg) / len(to_avg),
     }
     return metrics, curves
+
+
+def _curve_fn(run: Run, spare) -> Callable[..., list[float]]:
+    """The test-loss curve between two (params, buffers) points, as every barrier measures it."""
+    cfg, data = run.cfg, run.data
+    n = cfg.barrier_samples or len(data.y_test)
+    x, y = data.x_test[:n], data.y_test[:n]
+    bn = _bn_batches(run) if run.pop.has_bn and cfg.barrier_bn_reestimate else []
+
+    def curve(a, b) -> list[float]:
+        return loss_curve(spare, a, b, x, y, cfg.barrier_points, cfg.eval_batch_size, bn)
+
+    return curve
+
+
+def _pair_curves(
+    run: Run, params: torch.Tensor, buffers: torch.Tensor, spare
+) -> dict[str, list[float]]:
+    """`pair/i-j`: the curve between members i and j, for the measured pairs."""
+    curve = _curve_fn(run, spare)
+    return {
+        f"pair/{i}-{j}": curve((params[i], buffers[i]), (params[j], buffers[j]))
+        for i, j in barrier_pairs(params.shape[0], run.cfg.barrier_pairs)
+    }
 
 
 def _member_logits(run: Run) -> dict[str, torch.Tensor | None]:
@@ -373,6 +389,10 @@ def evaluate(run: Run, train_loss: float, final: bool = False) -> dict[str, Any]
         m.update(bm)
     if final:
         m.update(_greedy(run, params, buffers, spare))
+    if final and cfg.align_at_end and params.shape[0] > 1:
+        am, aligned_curves = _aligned(run, params, buffers, spare)
+        m.update(am)
+        curves.update(aligned_curves)
     n_total = cfg.n_members
     m.update(
         {
@@ -409,6 +429,28 @@ def _greedy(run: Run, params: torch.Tensor, buffers: torch.Tensor, spare) -> dic
             loss(logits, y),
         )
     return out
+
+
+def _aligned(
+    run: Run, params: torch.Tensor, buffers: torch.Tensor, spare
+) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Git Re-Basin: every member's units permuted to match member 0's (weight matching), then
+    the uniform soup with BN statistics re-estimated, on both splits; and the loss barrier
+    between aligned members (the pairs of `barrier/mean`, test split)."""
+    spec = permutation_spec(spare[0])
+    params, buffers = align_rows(spec, run.pop.spec, params, buffers, seed=run.cfg.seed)
+    model = load_into(uniform_soup(params, buffers), spare)
+    if run.pop.has_bn:  # the permuted average's statistics are nobody's: recompute them
+        reestimate_bn(model, _bn_batches(run))
+    out: dict[str, float] = {}
+    for split, (x, y) in _splits(run).items():
+        logits = logits_of(model, x, run.cfg.eval_batch_size)
+        out[f"{split}/acc_aligned"] = accuracy(logits, y)
+        out[f"{split}/loss_aligned"] = loss(logits, y)
+    curves = _pair_curves(run, params, buffers, spare)
+    pair = [barrier(c) for c in curves.values()]
+    out["barrier/aligned_mean"] = sum(pair) / len(pair) if pair else 0.0
+    return out, {f"aligned_{k}": c for k, c in curves.items()}
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -568,6 +610,8 @@ def _loop(run: Run, on_epoch: OnEpoch | None) -> dict[str, Any]:
     )
     record: dict[str, Any] | None = None
     final_done = False  # not `record["final"]`: distributed, only the writer holds a record
+    ckpt: dict[str, Any] | None = None
+    saved_last = False  # the last epoch's checkpoint is the final one: written once
     with bar:
         while st.epoch < cfg.epochs:
             st.train_loss = train_epoch(run, bar)
@@ -582,7 +626,9 @@ def _loop(run: Run, on_epoch: OnEpoch | None) -> dict[str, Any]:
                         val_ens=f"{record['metrics'].get('val/acc_ens', math.nan):.3f}",
                     )
             if cfg.checkpoint_every and (st.epoch % cfg.checkpoint_every == 0 or last):
-                _save(run)
+                saved = _save(run)
+                if last:
+                    ckpt, saved_last = saved, True
             if on_epoch is not None and record is not None and record["epoch"] == st.epoch:
                 try:
                     on_epoch(st.epoch, record["metrics"])
@@ -591,7 +637,8 @@ def _loop(run: Run, on_epoch: OnEpoch | None) -> dict[str, Any]:
     if not final_done:
         record = evaluate(run, st.train_loss, final=True)
         _record(run, record, None)
-    ckpt = _save(run)
+    if not saved_last:  # a flag, not `ckpt is None`: the other ranks of a job hold no checkpoint
+        ckpt = _save(run)
     if run.run_dir is None or ckpt is None or record is None:
         return record["metrics"] if record else {}
     return _finish(run, record, ckpt["population"])
