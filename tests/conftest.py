@@ -15,6 +15,18 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 torch.set_num_threads(1)  # tests are many small runs: threads only fight over 2 cores
 
 
+@pytest.fixture(autouse=True, scope="session")
+def dataset_cache(tmp_path_factory):
+    """Generated datasets are cached in a directory of this test session, never the home
+    directory (subprocesses inherit it through the environment); tests of the cache itself set
+    their own."""
+    from wash_sweeps.cache import CACHE_ENV
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("dataset-cache")))
+        yield
+
+
 @pytest.fixture
 def tiny_cfg(tmp_path):
     from wash_sweeps.config import TrainConfig

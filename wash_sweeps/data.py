@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from . import seeding
+from .cache import cached_arrays
 from .config import ConfigError, TrainConfig
 
 # per-channel statistics used for normalisation (torchvision's usual values)
@@ -60,11 +61,28 @@ class Data:
         )
 
 
-def _mnist1d() -> tuple[np.ndarray, ...]:
-    # the package's generator, never its downloader: 4000/1000 split, length-40 signals
-    from mnist1d.data import get_dataset_args, make_dataset
+_MNIST1D_KEYS = ("x", "y", "x_test", "y_test")
 
-    ds = make_dataset(get_dataset_args())
+
+def mnist1d_args() -> dict[str, Any]:
+    """The generator's arguments and the package version: the cache key of MNIST-1D."""
+    from importlib.metadata import version
+
+    from mnist1d.data import get_dataset_args
+
+    return {"mnist1d": version("mnist1d"), **get_dataset_args(as_dict=True)}
+
+
+def _mnist1d() -> tuple[np.ndarray, ...]:
+    # the package's generator, never its downloader: 4000/1000 split, length-40 signals;
+    # generating takes seconds, so the arrays are cached (see wash_sweeps.cache)
+    def make() -> dict[str, np.ndarray]:
+        from mnist1d.data import get_dataset_args, make_dataset
+
+        ds = make_dataset(get_dataset_args())
+        return {k: ds[k] for k in _MNIST1D_KEYS}
+
+    ds = cached_arrays("mnist1d", mnist1d_args(), _MNIST1D_KEYS, make)
     return ds["x"][:, None, :], ds["y"], ds["x_test"][:, None, :], ds["y_test"]
 
 
