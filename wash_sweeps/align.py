@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,6 +25,9 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from .models import CNN1D, MLP, VGG16BN, CifarResNet, DigitsCNN
+
+if TYPE_CHECKING:  # the flat layout's types only: align needs nothing else of the population
+    from .population import Entry, FlatSpec
 
 Axes = tuple[str | None, ...]  # the permutation group of each axis (None: not permuted)
 
@@ -257,12 +261,15 @@ def weight_matching(
 # --- a population in the flat layout ------------------------------------------------------------
 
 
-def rows_to_dict(entries: Sequence, row: torch.Tensor) -> dict[str, torch.Tensor]:
+def rows_to_dict(entries: Sequence[Entry], row: torch.Tensor) -> dict[str, torch.Tensor]:
     """name -> tensor views of one flat row (`entries`: FlatSpec.params or .buffers)."""
     return {e.name: row[e.offset : e.offset + e.size].view(e.shape) for e in entries}
 
 
-def dict_to_row(entries: Sequence, tensors: Mapping[str, torch.Tensor], row: torch.Tensor) -> None:
+def dict_to_row(
+    entries: Sequence[Entry], tensors: Mapping[str, torch.Tensor], row: torch.Tensor
+) -> None:
+    """Write `tensors` into one flat row, in place (the inverse of `rows_to_dict`)."""
     for e in entries:
         row[e.offset : e.offset + e.size] = tensors[e.name].reshape(-1)
 
@@ -270,7 +277,7 @@ def dict_to_row(entries: Sequence, tensors: Mapping[str, torch.Tensor], row: tor
 @torch.no_grad()
 def align_rows(
     spec: PermutationSpec,
-    flat,
+    flat: FlatSpec,
     params: torch.Tensor,
     buffers: torch.Tensor,
     seed: int = 0,
