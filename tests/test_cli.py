@@ -48,8 +48,10 @@ def test_train_then_resume_from_the_command_line(tmp_path):
     "args,message",
     [
         (["--set", "p=2"], "p=2.0: must be <= 1.0"),
-        (["--set", "nmembers=3"], "unknown config field 'nmembers'"),
+        (["--set", "nmembers=3"], "unknown config field 'nmembers'; did you mean 'n_members'?"),
+        (["--set", "zzz=3"], "unknown config field 'zzz'; (`wash-sweeps fields` lists every"),
         (["--preset", "nope"], "preset='nope': allowed presets are"),
+        (["--preset", "tinny"], "preset='tinny': did you mean 'tiny'? allowed presets are"),
         (["--config", "/nonexistent.yaml"], "config file '/nonexistent.yaml' does not exist"),
     ],
 )
@@ -57,6 +59,40 @@ def test_bad_input_is_one_clear_line(args, message, capsys):
     assert main(["train", *args]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], lines
+    assert "papa_every" not in lines[0]  # the closest field, never the list of all of them
+
+
+def test_version_names_the_package_and_its_commit(capsys):
+    from wash_sweeps import __version__
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out.strip()
+    assert out.startswith(f"wash-sweeps {__version__}") and "(git " in out
+
+
+def _help(capsys, *argv: str) -> str:
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, "--help"])
+    assert stop.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_every_help_shows_defaults_and_an_example(capsys):
+    from wash_sweeps.cli import COMMANDS, build_parser
+
+    top = _help(capsys)
+    assert "--version" in top and "examples:" in top
+    for command, (_, _, example) in COMMANDS.items():
+        assert f"example:\n  {example}" in _help(capsys, command), command
+        assert example in top
+        # an example is a command line that parses: its flags exist
+        build_parser(command).parse_args(example.split("|")[0].split()[1:])
+    study = _help(capsys, "study")
+    assert "(default: 60)" in study and "(default: auto)" in study  # --grace, --pruner
+    assert "(default: None)" not in study  # flags without a default say nothing
+    assert "default: mnist1d-fast" in _help(capsys, "train")
 
 
 def test_resume_of_a_non_run_directory(tmp_path, capsys):

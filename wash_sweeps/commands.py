@@ -44,7 +44,7 @@ def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
         p.add_argument("--out-dir", default="runs/demo", help="where the demo's runs go")
         p.add_argument("--methods", default="independent,papa,wash", help="comma list of methods")
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=int, default=0, help="base seed of every run")
 
 
 def run(command: str, args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import hashlib
 import json
 import math
@@ -202,9 +203,7 @@ class TrainConfig:
             base = preset(str(values["preset"])) if "preset" in values else cls()
         unknown = sorted(set(values) - set(field_names()))
         if unknown:
-            raise ConfigError(
-                f"unknown config field {unknown[0]!r}; allowed fields: {', '.join(field_names())}"
-            )
+            raise ConfigError(unknown_field(unknown[0]))
         coerced = {k: coerce(k, v) for k, v in values.items()}
         return dataclasses.replace(base, **coerced)
 
@@ -291,6 +290,25 @@ def field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(TrainConfig)]
 
 
+def did_you_mean(name: Any, known: Sequence[str]) -> str:
+    """The closest known name as `did you mean 'n_members'? ` (empty when none is close)."""
+    close = difflib.get_close_matches(str(name), list(known), n=1)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
+def unknown_field(name: Any) -> str:
+    """One line for a misspelled field: the closest field, not all ~70 of them."""
+    return (
+        f"unknown config field {name!r}; {did_you_mean(name, field_names())}"
+        "(`wash-sweeps fields` lists every field)"
+    )
+
+
+def unknown_preset(name: Any) -> str:
+    hint = did_you_mean(name, list(PRESETS))
+    return f"preset={name!r}: {hint}allowed presets are {', '.join(PRESETS)}"
+
+
 _HINTS: dict[str, Any] = {}
 
 
@@ -322,9 +340,7 @@ def _base_type(hint: Any) -> type:
 def coerce(name: str, value: Any) -> Any:
     """Turn a CLI/YAML/sweep value into the field's type; refuse what does not fit."""
     if name not in TrainConfig.__dataclass_fields__:
-        raise ConfigError(
-            f"unknown config field {name!r}; allowed fields: {', '.join(field_names())}"
-        )
+        raise ConfigError(unknown_field(name))
     typ = _base_type(field_type(name))
     if isinstance(value, str) and typ is not str:
         text = value.strip()
@@ -514,7 +530,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def preset(name: str) -> TrainConfig:
     if name not in PRESETS:
-        raise ConfigError(f"preset={name!r}: allowed presets are {', '.join(PRESETS)}")
+        raise ConfigError(unknown_preset(name))
     return TrainConfig(**{**PRESETS[name], "preset": name})
 
 
@@ -523,7 +539,11 @@ def preset(name: str) -> TrainConfig:
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """--preset, --config FILE and repeated --set field=value (fields are TrainConfig's)."""
-    parser.add_argument("--preset", default=None, help=f"one of: {', '.join(PRESETS)}")
+    parser.add_argument(
+        "--preset",
+        default=None,
+        help=f"one of: {', '.join(PRESETS)} (default: mnist1d-fast, or the --config file's)",
+    )
     parser.add_argument(
         "--config", default=None, help="YAML file of field: value (may name a preset)"
     )

@@ -35,7 +35,17 @@ from typing import Any
 
 import yaml
 
-from .config import PRESETS, ConfigError, TrainConfig, check_field, field_names, field_type
+from .config import (
+    PRESETS,
+    ConfigError,
+    TrainConfig,
+    check_field,
+    did_you_mean,
+    field_names,
+    field_type,
+    unknown_field,
+    unknown_preset,
+)
 
 # `sweeps` 0.3 declares a pydantic-v1 config key; pydantic 2 warns about it at every import
 warnings.filterwarnings("ignore", message="Valid config keys have changed in V2")
@@ -270,9 +280,7 @@ class SweepSpec:
         fixed = {}
         for k, v in overrides.items():
             if k not in field_names():
-                raise ConfigError(
-                    f"--set {k}: unknown config field; allowed fields: {', '.join(field_names())}"
-                )
+                raise ConfigError(f"--set {k}: {unknown_field(k)}")
             fixed[k] = check_field(k, v)
         base = {**self.base, **fixed}
         TrainConfig.from_dict(base)
@@ -383,7 +391,7 @@ def _preset(raw: dict, params_raw: dict) -> str:
     if name is None:
         name = "mnist1d-fast"
     if name not in PRESETS:
-        raise ConfigError(f"preset={name!r}: allowed presets are {', '.join(PRESETS)}")
+        raise ConfigError(unknown_preset(name))
     return name
 
 
@@ -437,8 +445,8 @@ def _objectives(raw: dict) -> tuple[tuple[str, str], ...]:
 def _param(name: str, spec: Any) -> Param:
     if name not in field_names():
         raise ConfigError(
-            f"parameter {name!r} is not a config field (see `wash-sweeps fields`); "
-            f"allowed: preset, {', '.join(field_names())}"
+            f"parameter {name!r} is not a config field; {did_you_mean(name, field_names())}"
+            "(`wash-sweeps fields` lists every field)"
         )
     if not isinstance(spec, dict):
         raise ConfigError(f"parameter {name!r}: must be a mapping such as {{values: [...]}}")
@@ -515,7 +523,10 @@ def _attach_conditions(conds: Any, params: list[Param], base: dict) -> list[Para
         when = []
         for field, allowed in cond.items():
             if field not in field_names():
-                raise ConfigError(f"conditions.{name}: {field!r} is not a config field")
+                raise ConfigError(
+                    f"conditions.{name}: {field!r} is not a config field; "
+                    f"{did_you_mean(field, field_names())}"
+                )
             if field in conds:
                 raise ConfigError(
                     f"conditions.{name}: {field!r} is itself conditional; "
