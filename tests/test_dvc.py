@@ -101,7 +101,10 @@ def test_dvc_repro_and_exp_run_in_a_clone(clone: Path) -> None:
 
     # tabular plots: DVC reads x and y columns (so `dvc plots diff` overlays experiments)
     plots = json.loads(sh(clone, "dvc", "plots", "show", "--json").stdout)
-    assert {"accuracy_over_epochs", "accuracy_vs_p", "accuracy_vs_bytes"} <= set(plots)
+    tabular = {"accuracy_over_epochs", "accuracy_vs_p", "accuracy_vs_bytes"}
+    assert tabular <= set(plots["data"]) and not plots.get("errors")
+    epochs = plots["data"]["accuracy_over_epochs"][0]["content"]
+    assert "wash" in json.dumps(epochs) and "epoch" in json.dumps(epochs)
 
     assert "Running stage" not in sh(clone, "dvc", "repro", "--dry").stdout
     # nothing changed: a second repro runs no stage, and status is clean
