@@ -76,3 +76,40 @@ def test_resume_needs_a_checkpoint(tmp_path, capsys):
     assert "no checkpoint.pt" in one_line(capsys.readouterr().err)
     assert main(["train", "--resume", str(Path(tmp_path / "nowhere"))]) == 2
     assert "no such directory" in one_line(capsys.readouterr().err)
+
+
+def test_load_averaged_is_the_runs_averaged_model_ready_for_inference(tmp_path):
+    import json
+    import pickle
+
+    import pytest
+    import torch
+
+    from wash_sweeps import ConfigError, load_averaged
+    from wash_sweeps.data import load_data
+    from wash_sweeps.metrics import accuracy, logits_of
+
+    run_dir = tmp_path / "run"
+    assert (
+        train("--set", "method=papa_all", "--set", "papa_all_every=1", "--workdir", str(run_dir))
+        == 0
+    )
+    summary = json.loads((run_dir / "summary.json").read_text())
+    model = load_averaged(run_dir)
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    data = load_data(TrainConfig.from_dict(summary["config"]))
+    assert accuracy(logits_of(model, data.x_test, 1000), data.y_test) == pytest.approx(
+        summary["test/acc_avg"]
+    )
+    # a run written before config.json recorded the model's shape reads it off its dataset
+    saved = json.loads((run_dir / "config.json").read_text())
+    del saved["derived"]["in_shape"], saved["derived"]["n_classes"]
+    (run_dir / "config.json").write_text(json.dumps(saved))
+    again = load_averaged(run_dir).state_dict()
+    assert all(torch.equal(v, again[k]) for k, v in model.state_dict().items())
+    # weights_only: a planted pickle is refused in one line, nothing in it runs
+    (run_dir / "averaged.pt").write_bytes(pickle.dumps(print, protocol=2))
+    with pytest.raises(ConfigError, match="not an averaged model"):
+        load_averaged(run_dir)
+    with pytest.raises(ConfigError, match="not a finished run"):
+        load_averaged(tmp_path)

@@ -4,7 +4,7 @@
     RUN/metrics.jsonl     one JSON record per evaluation: {"step", "epoch", "metrics", "curves"}
     RUN/summary.json      final metrics + provenance (git commit, versions, seeds, device)
     RUN/checkpoint.pt     the whole population (members, optimizer state, step), atomic
-    RUN/averaged.pt       the final uniform soup (state_dict of one model)
+    RUN/averaged.pt       the final uniform soup (state_dict of one model): load_averaged(RUN)
 
 Figures and aggregation read these files only, never a tracking server.
 """
@@ -278,6 +278,48 @@ def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
             f"{', '.join(CHECKPOINT_KEYS)}). Delete it to start the run again"
         )
     return ckpt
+
+
+def load_averaged(run_dir: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The run's averaged model (the final uniform soup), ready for inference: the architecture
+    from the run's config.json, the weights and BatchNorm statistics from averaged.pt (read with
+    `weights_only=True`: no code runs), in eval mode, without gradients.
+
+        from wash_sweeps import load_averaged
+        model = load_averaged("runs/mnist1d-wash-N5-p0.01-s0-1a2b3c")
+        predictions = model(x).argmax(1)
+
+    A tracker's copy works too: MLflow's `results/` folder, a W&B `averaged-model-*` artifact."""
+    from .config import ConfigError, TrainConfig
+    from .models import build_model
+
+    run_dir = Path(run_dir)
+    path = run_dir / "averaged.pt"
+    if not (run_dir / "config.json").is_file() or not path.is_file():
+        raise ConfigError(f"{run_dir}: no config.json and averaged.pt there (not a finished run)")
+    saved = read_json(run_dir / "config.json")
+    cfg = TrainConfig.from_dict(saved["config"])
+    in_shape, n_classes = _model_shape(cfg, saved.get("derived", {}))
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        raise ConfigError(f"{path}: not an averaged model ({_load_reason(e)})") from None
+    model = build_model(cfg, in_shape, n_classes).to(device)
+    model.load_state_dict(state)
+    for prm in model.parameters():
+        prm.requires_grad_(False)
+    return model.eval()
+
+
+def _model_shape(cfg: Any, derived: dict[str, Any]) -> tuple[list[int], int]:
+    """Input shape and class count: recorded in config.json's derived quantities; runs written
+    before they were recorded read them off their dataset."""
+    if "in_shape" in derived and "n_classes" in derived:
+        return list(derived["in_shape"]), int(derived["n_classes"])
+    from .data import load_data
+
+    data = load_data(cfg, "cpu")
+    return list(data.in_shape), data.n_classes
 
 
 def _load_reason(e: Exception) -> str:

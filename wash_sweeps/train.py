@@ -144,6 +144,9 @@ def derived(run: Run) -> dict[str, Any]:
         "n_train": run.data.n_train,
         "n_val": int(run.data.y_val.numel()),
         "n_test": int(run.data.y_test.numel()),
+        # what it takes to rebuild the model without the data (results.load_averaged)
+        "in_shape": list(run.data.in_shape),
+        "n_classes": run.data.n_classes,
         "steps_per_epoch": run.per_epoch,
         "total_steps": run.total_steps,
         "dp_sgd_bytes_per_step": dp_sgd_bytes_per_step(run.cfg.n_members, spec.n_params),
