@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 
@@ -70,6 +71,11 @@ def _records(run_dir: Path) -> list[dict]:
     return list(iter_jsonl(run_dir / "metrics.jsonl"))
 
 
+def _ours(metrics: dict) -> dict:
+    """The metrics this package logs (MLflow adds its system/ metrics every 10 s)."""
+    return {k: v for k, v in metrics.items() if not k.startswith("system/")}
+
+
 def _close(a: float, b: float) -> bool:
     return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
 
@@ -102,14 +108,37 @@ def _check_mlflow_run(
     assert tags["prov/device"] == summary["provenance"]["device"]
     assert tags["prov/version/torch"] == summary["provenance"]["versions"]["torch"]
     assert json.loads(tags["prov/seeds_init"]) == summary["provenance"]["seeds"]["init"]
+    # MLflow's own source tags: the UI's "Source" and "Git commit"
+    assert tags["mlflow.source.git.commit"] == str(summary["provenance"]["git_commit"])
+    assert tags["mlflow.source.git.dirty"] == str(summary["provenance"]["git_dirty"]).lower()
+    assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.source.name"]
     assert run.info.status == "FINISHED"
-    files = {
-        f.path for d in ("results", "model", "curves") for f in client.list_artifacts(run_id, d)
-    }
-    assert {"results/config.json", "results/metrics.jsonl", "results/summary.json"} <= files
-    assert "model/averaged.pt" in files
+    files = {f.path for d in ("results", "curves") for f in client.list_artifacts(run_id, d)}
+    results = {"config.json", "metrics.jsonl", "summary.json", "averaged.pt"}
+    assert {f"results/{f}" for f in results} <= files
     curve_steps = [r["step"] for r in records if r["curves"]]
     assert {f"curves/step_{s:06d}.json" for s in curve_steps} <= files
+    _check_mlflow_model(client, run_id, run_dir)
+
+
+def _check_mlflow_model(client, run_id: str, run_dir: Path) -> None:
+    """`mlflow.pytorch.load_model("runs:/<id>/model")` is the run's averaged model (same
+    outputs as load_averaged), with a signature and an input example."""
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import get_model_info
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    from wash_sweeps import load_averaged
+
+    with _use_tracking_uri(client.tracking_uri):
+        loaded = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
+        info = get_model_info(f"runs:/{run_id}/model")
+    assert info.signature is not None and info.saved_input_example_info is not None
+    ours = load_averaged(run_dir)
+    shape = read_json(run_dir / "config.json")["derived"]["in_shape"]
+    x = torch.randn(5, *shape)
+    assert torch.allclose(loaded(x), ours(x), atol=1e-5)
 
 
 @pytest.mark.slow
@@ -123,6 +152,9 @@ def test_wandb_and_mlflow_read_back(home, tmp_path, monkeypatch):
     cfg = TrainConfig.from_preset(
         "tiny", track="wandb,mlflow", out_dir=str(out), group="g1", tags="smoke,t2"
     )
+    # a sample each second: the system metrics of a run of seconds
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+    monkeypatch.setenv("WANDB_X_STATS_SAMPLING_INTERVAL", "1")
     summary = train_and_evaluate(cfg)
     run_dir = Path(summary["run_dir"])
     records = _records(run_dir)
@@ -138,6 +170,9 @@ def test_wandb_and_mlflow_read_back(home, tmp_path, monkeypatch):
     client = MlflowClient(uri)
     _check_mlflow_run(client, runs.loc[0, "run_id"], run_dir, cfg)
     assert (out / "mlartifacts").is_dir()
+    system = client.get_run(runs.loc[0, "run_id"]).data.metrics
+    assert system["system/cpu_utilization_percentage"] >= 0
+    assert system["system/system_memory_usage_megabytes"] > 0
 
     # W&B: the offline run, read back from its .wandb log
     [wb_path] = find_runs(run_dir / "wandb")
@@ -156,11 +191,22 @@ def test_wandb_and_mlflow_read_back(home, tmp_path, monkeypatch):
     assert wb.summary["provenance"]["seeds"] == summary["provenance"]["seeds"]
     # the members table holds each member's final accuracy
     members = json.loads((wb_path / "files" / wb.summary["tables/members"]["path"]).read_text())
-    assert members["columns"] == ["member", "val_acc"]
-    assert [row[1] for row in members["data"]] == [
-        summary[f"member/{i}/val_acc"] for i in range(cfg.n_members)
-    ]
-    assert {"name": "averaged_model", "type": "model", "files": ["averaged.pt"]} in wb.artifacts
+    assert members["columns"] == ["member", "test_acc", "val_acc"]
+    for split, column in (("test", 1), ("val", 2)):
+        assert [row[column] for row in members["data"]] == [
+            summary[f"member/{i}/{split}_acc"] for i in range(cfg.n_members)
+        ]
+    # one model artifact per run (never a name shared by every run), a loadable run directory
+    model = {"name": f"averaged-model-{wb.run_id}", "type": "model"}
+    assert model | {"files": ["averaged.pt", "config.json"]} in wb.artifacts
+    assert [a for a in wb.artifacts if a["type"] == "model"] == [model | {"files": ANY}]
+    # the step axis and the summaries are declared: best and last of the val/ accuracies
+    defs = {d.get("name") or d.get("glob_name"): d for d in wb.metric_defs}
+    assert defs["*"]["step_metric"] == "train/step" and "train/step" in defs
+    assert defs["val/acc*"]["summary"] == {"max": True, "last": True}
+    assert defs["val/loss*"]["summary"] == {"min": True, "last": True}
+    assert wb.stats and "cpu" in wb.stats[-1]  # system stats are on
+    assert read_json(run_dir / "trackers.json")["wandb"]["path"] == f"{cfg.project}/{wb.run_id}"
 
     # nothing outside tmp_path: the home and working directories stay empty
     assert list(home.rglob("*")) == []
@@ -276,7 +322,7 @@ def test_failing_tracker_warns_once_then_stops(home, tmp_path, capsys):
     assert len(warnings) == 1 and "log_params" in warnings[0] and "RUN" in warnings[0]
     run = MlflowClient(inner.uri).get_run(inner.run_id)
     assert run.data.params == {"lr": "0.1", "bad_key": "1"}
-    assert run.data.metrics == {"div/consensus/conv1": 2.0, "a:b c-d.e": 1.0}
+    assert _ours(run.data.metrics) == {"div/consensus/conv1": 2.0, "a:b c-d.e": 1.0}
     assert run.info.status == "RUNNING"  # finish was skipped too
     assert mlflow_key("member/3/val_acc") == "member/3/val_acc"
     assert mlflow_key("loss(a)@x") == "loss_a__x"
@@ -311,11 +357,11 @@ def test_study_run_nests_trials(home, tmp_path, capsys):
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     parent = client.get_run(study.mlflow_run_id)
     assert parent.data.tags["study_kind"] == "optuna"
-    assert parent.data.metrics == {"best/val_acc_avg": 0.5}
+    assert _ours(parent.data.metrics) == {"best/val_acc_avg": 0.5}
     children = client.search_runs(
         [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{study.mlflow_run_id}'"
     )
-    assert len(children) == 1 and children[0].data.metrics == {"val/acc_avg": 0.5}
+    assert len(children) == 1 and _ours(children[0].data.metrics) == {"val/acc_avg": 0.5}
 
     [study_wb] = find_runs(tmp_path / "st1")
     [trial_wb] = find_runs(tmp_path / "trial0")

@@ -15,16 +15,26 @@ switched off for the rest of the run.
 W&B: `cfg.wandb_mode` is `offline` by default (`online` needs WANDB_API_KEY or a ~/.netrc entry,
 else a warning and offline). Every file W&B writes goes under `<run_dir>/wandb/` (WANDB_DIR,
 WANDB_CACHE_DIR, WANDB_CONFIG_DIR, WANDB_DATA_DIR point there). Barrier curves and the final
-per-member metrics are W&B tables (`curves/barrier`, `tables/members`); the averaged model is a
-`model` artifact. Read an offline run back with `wash_sweeps.wandb_reader.read_run`.
+per-member metrics are W&B tables (`curves/barrier`, `tables/members`); the averaged model is the
+artifact `averaged-model-<run id>` (type model: averaged.pt + config.json, for load_averaged).
+Charts run along `train/step` (define_metric); the `val/` accuracies keep their best and last
+value in the summary (`val/` losses: min and last). System stats are on
+(WANDB_X_DISABLE_STATS=true turns them off). Read an offline run back with
+`wash_sweeps.wandb_reader.read_run`.
 
 MLflow: the tracking URI is `cfg.mlflow_uri`, else MLFLOW_TRACKING_URI, else
 `sqlite:///<out_dir>/mlflow.db` with artifacts in `<out_dir>/mlartifacts`. Experiment =
 `cfg.project`. Params are the resolved config (strings, cut at 6000 characters); metrics keep the
 trainer's names (`val/acc_avg`, `member/3/val_acc`: `/` is valid in MLflow keys; any character
-MLflow refuses becomes `_`). Artifacts: `results/` (config, metrics history, summary),
-`curves/step_<N>.json` (loss-barrier curves), `model/averaged.pt`. Runs use explicit run ids
-(MlflowClient), so several runs in one process do not interfere.
+MLflow refuses becomes `_`). Artifacts: `results/` (config, metrics history, summary,
+averaged.pt: a run directory for load_averaged), `curves/step_<N>.json` (loss-barrier curves),
+and the MLflow model `model` (mlflow.pytorch, torch.export format, with a signature and an input
+example): `mlflow.pytorch.load_model("runs:/<run id>/model")`. Tags: MLflow's source and git tags
+(`mlflow.source.name`, `mlflow.source.git.commit`, ...). System metrics (`system/...`: CPU,
+memory, disk, network, GPU when there is one) every 10 s unless
+MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false. Runs use explicit run ids (MlflowClient), so several
+runs in one process do not interfere. Studies and sweeps keep their trials in the store of their
+output root (`shared_store`), beside the standalone runs there.
 
 Provenance (git commit and dirty flag, package versions, device, seeds) is set on every run:
 MLflow tags `prov/...`, W&B config `provenance/...`.
@@ -84,6 +94,10 @@ class Tracker:
 
     def log_artifact(self, path: str | Path, name: str | None = None) -> None: ...
 
+    def log_model(self, run_dir: str | Path, input_example: Any) -> None:
+        """The run's averaged model (`<run_dir>/averaged.pt`, see results.load_averaged);
+        `input_example`: a few model inputs (a tensor), for MLflow's signature and example."""
+
     def set_tags(self, tags: Mapping[str, str]) -> None: ...
 
     def finish(self, status: str = "FINISHED") -> None: ...
@@ -131,6 +145,9 @@ class Guarded(Tracker):
     def log_artifact(self, path, name=None):
         self._call("log_artifact", path, name)
 
+    def log_model(self, run_dir, input_example):
+        self._call("log_model", run_dir, input_example)
+
     def set_tags(self, tags):
         self._call("set_tags", tags)
 
@@ -172,6 +189,9 @@ class FanOut(Tracker):
 
     def log_artifact(self, path, name=None):
         self._each("log_artifact", path, name)
+
+    def log_model(self, run_dir, input_example):
+        self._each("log_model", run_dir, input_example)
 
     def set_tags(self, tags):
         self._each("set_tags", tags)
@@ -361,22 +381,25 @@ class WandbTracker(Tracker):
             dir=dirs["WANDB_DIR"],
             mode=mode,
             reinit="create_new",  # a study run and its trials can be open at once
+            # system stats (CPU, memory, GPU) stay on: WANDB_X_DISABLE_STATS=true turns them off
             settings=wandb.Settings(
                 console="off",
                 init_timeout=60,
-                x_disable_stats=True,
                 # W&B's metadata holds the command line: not recorded when it holds a password
                 x_disable_meta=argv_has_secret(sys.argv),
             ),
         )
+        _define_metrics(self.run)
         self.step = 0
+        self.logged: set[str] = set()  # history keys: their summaries follow define_metric
         # steps below this are already in a continued run (W&B drops them with a warning)
         self.first_step = int(getattr(self.run, "starting_step", 0) or 0) if same else 0
         if previous and not same:
             self.run.config.update({"resumed_from": previous.get("id", "")})
 
     def ref(self):
-        return {"id": self.run.id, "mode": self.mode}
+        # path: entity/project/id online (project/id offline), what wandb.Api().run() takes
+        return {"id": self.run.id, "mode": self.mode, "path": self.run.path}
 
     def log_params(self, params):
         self.run.config.update(dict(params), allow_val_change=True)
@@ -385,6 +408,7 @@ class WandbTracker(Tracker):
         if step < self.first_step:
             return
         self.step = max(self.step, step)
+        self.logged.update(metrics)
         self.run.log(dict(metrics), step=step)
 
     def log_curves(self, curves, step):
@@ -398,7 +422,10 @@ class WandbTracker(Tracker):
         self.run.log({"curves/barrier": table}, step=step)
 
     def log_summary(self, summary):
-        self.run.summary.update({k: v for k, v in summary.items() if k not in ("config",)})
+        # a key of the history keeps the summary define_metric gives it (best and last of the
+        # val/ accuracies and losses, else last): only the keys never logged are set here
+        skip = self.logged | {"config"}
+        self.run.summary.update({k: v for k, v in summary.items() if k not in skip})
         members = member_table(summary)
         if members:
             cols = ["member", *sorted({k for row in members.values() for k in row})]
@@ -416,6 +443,16 @@ class WandbTracker(Tracker):
         art.add_file(str(path))
         self.run.log_artifact(art)
 
+    def log_model(self, run_dir, input_example):
+        # one name per run (W&B versions artifacts by name: a shared name would pile the models
+        # of every run and trial into one history); with config.json it is a run directory
+        # that results.load_averaged reads
+        run_dir = Path(run_dir)
+        art = self.wandb.Artifact(f"averaged-model-{self.run.id}", type="model")
+        art.add_file(str(run_dir / "averaged.pt"))
+        art.add_file(str(run_dir / "config.json"))
+        self.run.log_artifact(art)
+
     def set_tags(self, tags):
         # provenance lives in the run config (W&B tags are short labels, not key-value pairs)
         self.run.config.update({k.replace("prov/", "provenance/"): v for k, v in tags.items()})
@@ -424,6 +461,19 @@ class WandbTracker(Tracker):
         # a run stopped by its sweep (KILLED) ended as asked: exit 0, the status in the summary
         self.run.summary["run/status"] = status
         self.run.finish(exit_code=0 if status in ("FINISHED", "KILLED") else 1)
+
+
+# W&B summaries of the history keys: the validation accuracies and losses keep their best and
+# their last value (the final evaluation's); test/ keys keep only the last (never chosen on)
+WANDB_SUMMARIES = {"val/acc*": "max,last", "val/loss*": "min,last"}
+WANDB_STEP = "train/step"  # the x axis of every chart: optimizer steps (train/epoch beside it)
+
+
+def _define_metrics(run: Any) -> None:
+    run.define_metric(WANDB_STEP)
+    run.define_metric("*", step_metric=WANDB_STEP)
+    for glob, summary in WANDB_SUMMARIES.items():
+        run.define_metric(glob, step_metric=WANDB_STEP, summary=summary)
 
 
 def _alpha(i: int, n: int) -> float:
@@ -450,6 +500,18 @@ def mlflow_uri(cfg: Any) -> str:
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     return f"sqlite:///{Path(cfg.out_dir).resolve() / 'mlflow.db'}"
+
+
+def shared_store(cfg: Any) -> dict[str, str]:
+    """`{"mlflow_uri": ...}` for runs whose out_dir is moved under a study or sweep directory:
+    they keep the store of their output root `cfg.out_dir` (`<out_dir>/mlflow.db`, where the
+    standalone runs of that root go), so one `mlflow ui` shows both. {} when MLflow is not
+    tracked or its store is named elsewhere (cfg.mlflow_uri, MLFLOW_TRACKING_URI)."""
+    if "mlflow" not in tracker_names(cfg.track) or cfg.mlflow_uri:
+        return {}
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return {}
+    return {"mlflow_uri": mlflow_uri(cfg)}
 
 
 def stored_uri(recorded: str) -> str:
@@ -539,16 +601,20 @@ class MlflowTracker(Tracker):
         self.scratch = Path(run_dir) / "mlflow_files"
         self.done_step = -1  # steps up to this one are already in a continued run
         self.latest: dict[str, float] = {}  # the last value of each key (a continued run's too)
+        self.held: dict[str, str] = {}  # the params a continued run holds (MLflow's are final)
         with _sqlite_lock(self.uri):  # the client creates a new database's schema
             self.client = MlflowClient(tracking_uri=self.uri)
             run_id = self._continue(previous)
+            continued = run_id is not None
             if run_id is None:
                 tags = {**(extra_tags or {})}
                 if previous and previous.get("run_id"):
                     tags["resumed_from"] = str(previous["run_id"])
                 run_id = self._create_run(cfg, run_name, parent_run_id, tags, artifact_root)
             self.run_id = run_id
+        self.experiment_id = self.client.get_run(run_id).info.experiment_id
         self.last_step = max(self.done_step, 0)
+        self.monitor = _system_metrics(self.uri, run_id, resume=continued)
 
     def ref(self):
         return {"run_id": self.run_id, "uri": redact_url(self.uri)}
@@ -567,9 +633,11 @@ class MlflowTracker(Tracker):
             return None
         run_id = run.info.run_id
         history = self.client.get_metric_history
-        steps = [m.step for k in run.data.metrics for m in history(run_id, k)]
-        self.done_step = max(steps, default=-1)
-        self.latest = dict(run.data.metrics)
+        # system/ metrics count their own samples, not training steps
+        ours = [k for k in run.data.metrics if not k.startswith(SYSTEM_PREFIX)]
+        self.done_step = max((m.step for k in ours for m in history(run_id, k)), default=-1)
+        self.latest = {k: run.data.metrics[k] for k in ours}
+        self.held = dict(run.data.params)
         self.client.update_run(run_id, status="RUNNING")
         return run_id
 
@@ -588,6 +656,7 @@ class MlflowTracker(Tracker):
             exp_id = self._parent_experiment(parent_run_id)
         else:
             exp_id = _experiment_id(self.client, cfg.project, artifact_root)
+        tags.update(source_tags())
         for t in (x.strip() for x in cfg.tags.split(",")):
             if t:
                 tags[f"tag/{t}"] = "true"
@@ -609,6 +678,14 @@ class MlflowTracker(Tracker):
         from mlflow.entities import Param
 
         items = [Param(mlflow_key(k), _param_value(v)) for k, v in params.items()]
+        if self.held:  # a continued run: MLflow params cannot change, its first values stay
+            changed = [p.key for p in items if self.held.get(p.key, p.value) != p.value]
+            if changed:
+                warn(
+                    f"MLflow run {self.run_id} keeps its first values of {', '.join(changed)} "
+                    "(MLflow params cannot change); the new ones are in the local results"
+                )
+            items = [p for p in items if p.key not in self.held]
         for i in range(0, len(items), 100):  # log_batch takes at most 100 params
             self.client.log_batch(self.run_id, params=items[i : i + 100])
 
@@ -650,8 +727,15 @@ class MlflowTracker(Tracker):
             self._log(new, self.last_step)
 
     def log_artifact(self, path, name=None):
-        folder = "model" if name and "model" in name else (name or "results")
-        self.client.log_artifact(self.run_id, str(path), folder)
+        self.client.log_artifact(self.run_id, str(path), name or "results")
+
+    def log_model(self, run_dir, input_example):
+        # the state dict beside config.json: results/ is then a run directory load_averaged reads
+        self.client.log_artifact(self.run_id, str(Path(run_dir) / "averaged.pt"), "results")
+        try:
+            log_mlflow_model(self, run_dir, input_example)
+        except Exception as e:  # an export torch refuses must not cost the run its tracking
+            warn(f"MLflow model of {run_dir} not logged ({type(e).__name__}: {_first_line(e)})")
 
     def set_tags(self, tags):
         from mlflow.entities import RunTag
@@ -662,7 +746,120 @@ class MlflowTracker(Tracker):
 
     def finish(self, status="FINISHED"):
         status = status if status in ("FINISHED", "FAILED", "KILLED") else "FAILED"
+        if self.monitor is not None:  # its last samples go in while the run is RUNNING
+            self.monitor.finish()
+            self.monitor = None
         self.client.set_terminated(self.run_id, status)
+
+
+MODEL_NAME = "model"  # mlflow.pytorch.load_model("runs:/<run id>/model")
+SYSTEM_PREFIX = "system/"  # MLflow's system metrics: system/cpu_utilization_percentage, ...
+
+
+def log_mlflow_model(tracker: MlflowTracker, run_dir: str | Path, input_example: Any) -> None:
+    """The averaged model as an MLflow model named `model`, with its signature and an input
+    example. Saved as a torch.export program ("pt2", MLflow's default): loading it runs no
+    pickled code and needs no wash_sweeps."""
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import infer_signature
+
+    # MLflow's fluent API reads the process-wide URI: this run's store, only for this call
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    from .results import load_averaged
+
+    model = load_averaged(run_dir)
+    x = torch.as_tensor(input_example[:2]).detach().to("cpu", torch.float32)
+    with torch.no_grad():
+        y = model(x)
+    signature = infer_signature(x.numpy(), y.numpy())
+    # created here in the run's experiment (MLflow would use the process's active experiment)
+    logged = tracker.client.create_logged_model(
+        tracker.experiment_id, name=MODEL_NAME, source_run_id=tracker.run_id
+    )
+    with _use_tracking_uri(tracker.uri):
+        mlflow.pytorch.log_model(
+            model,
+            name=MODEL_NAME,
+            model_id=logged.model_id,
+            run_id=tracker.run_id,
+            signature=signature,
+            input_example=x.numpy(),
+            # given, not inferred: MLflow would otherwise load the model in a subprocess
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        )
+
+
+def _system_metrics(uri: str, run_id: str, resume: bool) -> Any:
+    """MLflow's system metrics (CPU, memory, disk, network; GPU through nvidia-ml-py when there
+    is one) sampled every 10 s for this run (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL), unless
+    MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false. None when off or unavailable."""
+    if os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "true").lower() in ("false", "0"):
+        return None
+    try:
+        import logging
+
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        # four INFO lines per run ("Started monitoring ...") would bury the trainer's output
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+        monitor = SystemMetricsMonitor(run_id, resume_logging=resume, tracking_uri=uri)
+        monitor.start()
+        return monitor
+    except Exception as e:
+        warn(f"MLflow system metrics are off for this run ({type(e).__name__}: {_first_line(e)})")
+        return None
+
+
+def source_tags() -> dict[str, str]:
+    """MLflow's standard source tags (mlflow.user, mlflow.source.name/type, mlflow.source.git.*)
+    with the git state of the code that runs: this package's checkout, not the entry script's
+    (a console script in a venv)."""
+    from mlflow.tracking.context.registry import resolve_tags
+    from mlflow.utils import mlflow_tags as mt
+
+    from .results import git_state
+
+    tags = {
+        k: v for k, v in resolve_tags({}).items() if k.startswith(("mlflow.source", "mlflow.user"))
+    }
+    git = git_state()
+    if git["git_commit"]:
+        tags[mt.MLFLOW_GIT_COMMIT] = git["git_commit"]
+        tags[mt.MLFLOW_GIT_DIRTY] = str(bool(git["git_dirty"])).lower()
+        tags.update(_git_branch_and_remote())
+    return tags
+
+
+def _git_branch_and_remote() -> dict[str, str]:
+    import subprocess
+
+    from mlflow.utils import mlflow_tags as mt
+
+    here = Path(__file__).resolve().parent
+    out = {}
+    for tag, cmd in (
+        (mt.MLFLOW_GIT_BRANCH, ["git", "rev-parse", "--abbrev-ref", "HEAD"]),
+        (mt.MLFLOW_GIT_REPO_URL, ["git", "remote", "get-url", "origin"]),
+    ):
+        try:
+            r = subprocess.run(cmd, cwd=here, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if r.returncode == 0 and r.stdout.strip():
+            out[tag] = _without_credentials(r.stdout.strip())
+    return out
+
+
+def _without_credentials(url: str) -> str:
+    """A remote URL without its user-info (https://TOKEN@host/... carries a token as the user)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.scheme and "@" in parts.netloc:
+        return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    return url
 
 
 def _param_value(v: Any) -> str:

@@ -497,7 +497,7 @@ def _finish(run: Run, record: dict[str, Any], population: dict[str, Any]) -> dic
     run.tracker.log_summary({k: v for k, v in summary.items() if k != "curves"})
     for path in (run.run_dir.config_path, run.run_dir.metrics_path, run.run_dir.summary_path):
         run.tracker.log_artifact(path)
-    run.tracker.log_artifact(run.run_dir.averaged_path, name="averaged_model")
+    run.tracker.log_model(run.run_dir.path, run.data.x_test[:2])
     return summary
 
 

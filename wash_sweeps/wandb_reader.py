@@ -36,6 +36,9 @@ class WandbRun:
     summary: dict[str, Any]
     exit_code: int | None
     artifacts: list[dict[str, Any]]  # name, type, files (paths inside the artifact)
+    # define_metric declarations: {"name" or "glob_name", "step_metric", "summary": {"max": true}}
+    metric_defs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    stats: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # system stats samples
 
 
 def find_runs(root: str | Path) -> list[Path]:
@@ -107,6 +110,8 @@ def read_run(run_path: str | Path) -> WandbRun:
     rows: dict[int, dict[str, Any]] = {}
     summary: dict[str, Any] = {}
     artifacts: list[dict[str, Any]] = []
+    metric_defs: list[dict[str, Any]] = []
+    stats: list[dict[str, Any]] = []
     exit_code = None
     for rec in records(run_path):
         kind = rec.get("type")
@@ -125,6 +130,10 @@ def read_run(run_path: str | Path) -> WandbRun:
             a = rec["artifact"]
             files = [c["path"] for c in a.get("manifest", {}).get("contents", [])]
             artifacts.append({"name": a.get("name"), "type": a.get("type"), "files": files})
+        elif kind == "metric":
+            metric_defs.append(rec["metric"])
+        elif kind == "stats":
+            stats.append(rec["stats"].get("item", {}))
         elif kind == "exit":
             exit_code = rec["exit"].get("exit_code", 0)
     config.pop("_wandb", None)
@@ -140,4 +149,6 @@ def read_run(run_path: str | Path) -> WandbRun:
         summary=summary,
         exit_code=exit_code,
         artifacts=artifacts,
+        metric_defs=metric_defs,
+        stats=stats,
     )
