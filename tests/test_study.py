@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from optuna.trial import TrialState
 from pg_server import PostgresServer, ensure_installed
 
 from wash_sweeps.cli import main
+from wash_sweeps.results import RunDir
 from wash_sweeps.study import JOURNAL_NAME, open_storage, used_slots
 
 REPO = Path(__file__).resolve().parent.parent
@@ -200,6 +202,8 @@ def test_killed_worker_trial_is_retried_from_its_checkpoint(tmp_path, kind, sig)
 
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    if sig == signal.SIGKILL:  # the stale trial is reported (on SQLite too: Optuna fails it)
+        assert "trial 0: no heartbeat for 2 s, failed, retry queued" in r.stdout
     trials = load(storage, "rand").trials
     assert trials[0].state == TrialState.FAIL
     retries = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
@@ -213,6 +217,103 @@ def test_killed_worker_trial_is_retried_from_its_checkpoint(tmp_path, kind, sig)
         json.loads(line) for line in (ckpt.parent / "metrics.jsonl").read_text().splitlines()
     ]
     assert [r["epoch"] for r in records] == list(range(1, 31))  # each epoch once, none lost
+
+
+# the load test's trials: as cheap as a real trial can be (one epoch of 256 samples, two members,
+# one evaluation with one barrier pair), so the test measures the study machinery, not training
+LOAD = """
+name: load
+preset: tiny
+method: random
+metric: {name: val/acc_avg, goal: maximize}
+parameters:
+  method: {value: independent}
+  lr: {distribution: log_uniform_values, min: 0.001, max: 0.3}
+"""
+CHEAP = [
+    *("--set", "epochs=1", "--set", "n_train=256", "--set", "eval_every=1"),
+    *("--set", "barrier_every=0", "--set", "barrier_pairs=1", "--set", "n_members=2"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["journal", "postgresql"])
+def test_four_workers_run_forty_trials_without_duplicates_or_crashes(tmp_path, request, backend):
+    """Load: `--workers 4 --n-trials 40` on the default journal file and on PostgreSQL. Exactly
+    40 trials, numbered 0..39 once each, all COMPLETE (none FAIL, RUNNING or WAITING), 40
+    distinct points, one run directory each, every worker busy, exit 0, no traceback."""
+    sweep, out = sweep_file(tmp_path, LOAD), tmp_path / "study"
+    storage, flags = str(out / JOURNAL_NAME), []
+    if backend == "postgresql":
+        storage = request.getfixturevalue("postgres").create_db("load_study")
+        flags = ["--storage", storage]
+    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_start, start = cpu.ru_utime + cpu.ru_stime, time.perf_counter()
+    r = cli("study", str(sweep), "--n-trials", "40", "--workers", "4", "--out", str(out),
+            "--pruner", "none", *flags, *CHEAP, timeout=480)  # fmt: skip
+    elapsed = time.perf_counter() - start
+    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = cpu.ru_utime + cpu.ru_stime - cpu_start
+    print(f"{backend}: 4 workers x 40 trials in {elapsed:.1f} s ({cpu_s:.1f} CPU s)")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "no heartbeat" not in r.stdout, r.stdout  # no live trial taken for a dead one
+    assert "Traceback" not in r.stderr and "Error" not in r.stderr, r.stderr[-2000:]
+    trials = load(storage, "load").trials
+    assert sorted(t.number for t in trials) == list(range(40))  # 40, no number twice
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 40, [t.state for t in trials]
+    assert len({t.params["lr"] for t in trials}) == 40  # no point proposed twice
+    assert not any(t.user_attrs.get("fail_reason") for t in trials)
+    assert len({t.user_attrs["worker"] for t in trials}) == 4  # every worker ran trials
+    for t in trials:  # each trial in its own directory, written once: one evaluation, its lr
+        assert t.user_attrs["run_dir"] == str(out / "trials" / f"trial-{t.number}")
+        assert len(RunDir(t.user_attrs["run_dir"]).read_metrics()) == 1
+        run = json.loads((Path(t.user_attrs["run_dir"]) / "summary.json").read_text())
+        assert run["config"]["lr"] == t.params["lr"] and run["val/acc_avg"] == t.value
+    done = [line for line in r.stdout.splitlines() if line.startswith("[load] trial ")]
+    assert sorted(int(line.split()[2]) for line in done) == list(range(40))
+    assert all(" COMPLETE " in line for line in done)
+    summary = json.loads((out / "study_summary.json").read_text())
+    assert summary["states"] == {"COMPLETE": 40} and summary["failures"] == {}
+
+
+@pytest.mark.slow
+def test_a_killed_trial_resumes_when_the_study_continues_with_more_workers(tmp_path):
+    """Trial 0 is killed (kill -9) in a one-worker study, whose trials use torch's default
+    thread count; the study continues with `--workers 2`, whose trials get a fixed `threads`
+    share. The retry resumes trial 0 from its checkpoint: `threads` only steers how the run
+    executes, so the checkpoint is not refused over it."""
+    sweep, out = sweep_file(tmp_path, RANDOM), tmp_path / "study"
+    storage = str(out / JOURNAL_NAME)
+    cmd = [sys.executable, "-m", "wash_sweeps", "study", str(sweep), "--n-trials", "1",
+           "--out", str(out), "--heartbeat", "1", "--grace", "2", "--pruner", "none",
+           "--set", "epochs=30", "--set", "n_train=256"]  # fmt: skip
+    worker = subprocess.Popen([*cmd, "--workers", "1"], cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT)  # fmt: skip
+    run_dir = out / "trials" / "trial-0"
+    try:
+        wait_for((run_dir / "checkpoint.pt").exists, 120, "the first checkpoint of trial 0")
+    finally:
+        os.kill(worker.pid, signal.SIGKILL)  # mid-trial
+        worker.communicate(timeout=60)
+    assert load(storage, "rand").trials[0].state == TrialState.RUNNING
+    assert json.loads((run_dir / "config.json").read_text())["config"]["threads"] == 0
+    time.sleep(3)  # past the grace period: its heartbeat is stale
+
+    r = subprocess.run([*cmd, "--workers", "2"], cwd=REPO, capture_output=True, text=True,
+                       timeout=240)  # fmt: skip
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    trials = load(storage, "rand").trials
+    assert trials[0].state == TrialState.FAIL
+    [retry] = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
+    assert retry.state == TrialState.COMPLETE, retry.user_attrs.get("fail_reason")
+    assert retry.params == trials[0].params and not retry.user_attrs["fail_reason"]
+    assert retry.user_attrs["run_dir"] == str(run_dir)
+    assert retry.user_attrs["resumed_at_epoch"] >= 1  # continued from its checkpoint
+    assert len(trials) == 2 and used_slots(trials) == 1
+    threads = json.loads((run_dir / "config.json").read_text())["config"]["threads"]
+    assert threads == max(1, (os.cpu_count() or 1) // 2)  # the retry ran with the new share
+    records = RunDir(run_dir).read_metrics()
+    assert [rec["epoch"] for rec in records] == list(range(1, 31))  # each epoch once
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):

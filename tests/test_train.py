@@ -197,6 +197,33 @@ def test_resume_at_the_end_redoes_only_the_final_evaluation(tmp_path, tiny_cfg):
     assert math.isfinite(again["train/loss"]) and again["train/loss"] == first["train/loss"]
 
 
+@pytest.mark.parametrize(
+    ("every", "epochs_written"), [(1, [1, 2, 3]), (2, [2, 3]), (0, [3])], ids=str
+)
+def test_the_final_checkpoint_is_written_once(
+    tmp_path, tiny_cfg, monkeypatch, every, epochs_written
+):
+    """One write per checkpoint epoch, the last one included once (it is also the checkpoint
+    the final evaluation is summarised from); a resume at the end writes it once more only."""
+    writes: list[int] = []
+    save = RunDir.save_checkpoint
+
+    def counting(self, state):
+        writes.append(state["state"]["epoch"])
+        save(self, state)
+
+    monkeypatch.setattr(RunDir, "save_checkpoint", counting)
+    cfg = tiny_cfg(epochs=3, checkpoint_every=every)
+    first = train_and_evaluate(cfg, tmp_path / "run")
+    assert writes == epochs_written
+    (tmp_path / "run" / "summary.json").unlink()  # stopped after the checkpoint, before the end
+    writes.clear()
+    again = train_and_evaluate(cfg, tmp_path / "run", resume=True)
+    assert writes == [3]
+    assert again["val/acc_avg"] == first["val/acc_avg"]
+    assert _final_params(tmp_path / "run")["params"].shape[0] == cfg.n_members
+
+
 def test_a_fresh_run_starts_an_empty_history(tmp_path, tiny_cfg):
     train_and_evaluate(tiny_cfg(epochs=2), tmp_path / "run")
     # not a resume: the same directory, replaced as asked

@@ -314,8 +314,13 @@ def fail_stale(study: Any, storage: Any, grace: int, max_retry: int) -> list[int
     if isinstance(storage, optuna.storages.RDBStorage):
         before = {t.number for t in study.get_trials(states=(TrialState.RUNNING,))}
         optuna.storages.fail_stale_trials(study)
-        after = {t.number for t in study.get_trials(states=(TrialState.RUNNING,))}
-        return sorted(before - after)
+        # not `before - still running`: other workers' trials end meanwhile (outside this lock);
+        # a trial that fails by itself has a reason, a stale one failed by Optuna has none
+        return [
+            t.number
+            for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+            if t.number in before and not t.user_attrs.get(FAIL_REASON)
+        ]
     now, failed = time.time(), []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         last = t.system_attrs.get(HEARTBEAT_ATTR) or t.datetime_start.timestamp()
