@@ -388,7 +388,7 @@ def test_failed_trials_are_recorded_and_the_study_goes_on(tmp_path):
 
 
 @pytest.mark.slow
-def test_multi_objective_study_is_tracked_and_has_a_pareto_front(tmp_path, monkeypatch):
+def test_multi_objective_study_is_tracked_and_has_a_pareto_front(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     sweep = sweep_file(
         tmp_path,
@@ -407,8 +407,9 @@ def test_multi_objective_study_is_tracked_and_has_a_pareto_front(tmp_path, monke
           p: {method: wash}
         """,
     )
-    out = tmp_path / "study"
+    out, root = tmp_path / "study", tmp_path / "runs"
     args = ["study", str(sweep), "--n-trials", "3", "--out", str(out), "--track", "mlflow"]
+    args += ["--set", f"out_dir={root}"]
     assert main([*args, "--set", "epochs=1", *TINY]) == 0
     study = load(str(out / JOURNAL_NAME), "acc-bytes")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
@@ -420,7 +421,9 @@ def test_multi_objective_study_is_tracked_and_has_a_pareto_front(tmp_path, monke
     # MLflow: one parent run for the study, the trials nested under it, the summary on it
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    # the store of the output root (out_dir), not one of the study's own
+    assert not (out / "mlflow.db").exists()
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     parents = [r for r in runs if r.data.tags.get("study") == "acc-bytes"]
     assert len(parents) == 1
@@ -428,9 +431,20 @@ def test_multi_objective_study_is_tracked_and_has_a_pareto_front(tmp_path, monke
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == 3
     assert parent.data.metrics["study/pareto_size"] == len(front)
+    # the parent's params: the settings every trial shares, how the study samples
+    params = parent.data.params
+    assert params["preset"] == "tiny" and params["epochs"] == "1" and params["n_train"] == "256"
+    assert params["study/method"] == "random" and params["study/sampler"] == "NSGAIISampler"
+    assert json.loads(params["study/swept"]) == ["method", "p"] and "method" not in params
+    assert not [k for k in params if k.startswith("best/")]  # a Pareto front, no single best
+    # each trial links to its MLflow run
+    assert {t.user_attrs["mlflow_run_id"] for t in study.trials} == {
+        r.info.run_id for r in children
+    }
 
     # the same command with a larger cap continues the study under the same parent run
     assert main([*args[:3], "4", *args[4:], "--set", "epochs=1", *TINY]) == 0
+    assert "warning" not in capsys.readouterr().err  # its params were kept as they were
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert [r.info.run_id for r in runs if r.data.tags.get("study") == "acc-bytes"] == [
         parent.info.run_id
@@ -462,6 +476,7 @@ def test_study_trials_under_torchrun_report_every_epoch(tmp_path, monkeypatch):
     )
     out = tmp_path / "study"
     args = ["study", str(sweep), "--n-trials", "2", "--out", str(out), "--nproc-per-trial", "2"]
+    args += ["--set", f"out_dir={tmp_path}"]
     assert main([*args, "--track", "mlflow", "--set", "epochs=3", *TINY]) == 0
     study = load(str(out / JOURNAL_NAME), "dist")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
@@ -473,8 +488,73 @@ def test_study_trials_under_torchrun_report_every_epoch(tmp_path, monkeypatch):
         assert t.value == summary["val/acc_avg"]
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")  # the output root's store
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     [parent] = [r for r in runs if r.data.tags.get("study") == "dist"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(r.info.status for r in children) == ["FINISHED", "FINISHED"]
+    # a job's rank 0 opened the trial's MLflow run; the trial still links to it
+    assert {t.user_attrs["mlflow_run_id"] for t in study.trials} == {
+        r.info.run_id for r in children
+    }
+
+
+CATEGORICAL = """
+name: cat
+preset: tiny
+method: bayes
+metric: {name: val/acc_avg, goal: maximize}
+parameters:
+  method: {value: wash}
+  layer_schedule: {values: [uniform, linear]}
+  p: {values: [0.01, 0.03]}
+"""
+
+
+@pytest.mark.slow
+def test_a_tracked_study_records_its_best_params_and_links_each_trial(tmp_path, monkeypatch):
+    """The parent run's params hold the best trial's parameters, categorical ones included;
+    each trial's user attrs name its MLflow run and its W&B run; the default --out is under
+    out_dir, and the one MLflow store is out_dir's."""
+    from mlflow.tracking import MlflowClient
+
+    from wash_sweeps.wandb_reader import find_runs, read_run
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    root = tmp_path / "runs"
+    sweep = sweep_file(tmp_path, CATEGORICAL)
+    flags = ["--track", "mlflow,wandb", "--set", f"out_dir={root}", "--set", "epochs=1"]
+    assert main(["study", str(sweep), "--n-trials", "2", *flags, *TINY]) == 0
+    out = root / "studies" / "cat"
+    study = load(str(out / JOURNAL_NAME), "cat")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    assert sorted(root.glob("**/mlflow.db")) == [root / "mlflow.db"]
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    [parent] = [r for r in runs if r.data.tags.get("study") == "cat"]
+    best, params = study.best_trial, parent.data.params
+    assert params["best/trial"] == str(best.number)
+    assert params["best/layer_schedule"] == best.params["layer_schedule"]  # categorical
+    assert params["best/p"] == json.dumps(best.params["p"])
+    assert params["method"] == "wash" and params["study/sampler"] == "TPESampler"
+    assert not [k for k in parent.data.metrics if k.startswith("study/best_params")]
+    for t in study.trials:
+        run = client.get_run(t.user_attrs["mlflow_run_id"])
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.params["layer_schedule"] == t.params["layer_schedule"]
+        [wb] = find_runs(Path(t.user_attrs["run_dir"]) / "wandb")
+        assert t.user_attrs["wandb_run_path"] == f"wash-sweeps/{read_run(wb).run_id}"
+
+
+def test_tpe_lies_about_running_trials_when_workers_share_the_study(tmp_path):
+    from types import SimpleNamespace
+
+    from wash_sweeps.study import make_sampler, shared_study
+    from wash_sweeps.sweep_spec import load_spec
+
+    spec = load_spec(sweep_file(tmp_path, CATEGORICAL))
+    journal = open_storage(str(tmp_path / JOURNAL_NAME))
+    assert not shared_study(journal, SimpleNamespace(workers=1))
+    assert shared_study(journal, SimpleNamespace(workers=2))
+    assert make_sampler(spec, 0, shared=True)._constant_liar
+    assert not make_sampler(spec, 0)._constant_liar

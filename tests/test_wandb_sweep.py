@@ -174,3 +174,32 @@ def test_runs_under_torchrun_are_followed_and_stopped(tmp_path):
         assert summary["dist/world_size"] == 2
         assert r["summary"]["train/loss"] == pytest.approx(summary["train/loss"])
     assert (Path(recs[2]["run_dir"]) / "torchrun.log").exists()
+
+
+@pytest.mark.slow
+def test_tracked_sweep_runs_share_the_mlflow_store_of_the_output_root(tmp_path, monkeypatch):
+    """`--track mlflow`: the sweep's runs go to `<out_dir>/mlflow.db`, the store of the root's
+    plain runs, not to one of the sweep directory's own; the default --out is under out_dir."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    root = tmp_path / "runs"
+    sweep = sweep_file(
+        tmp_path,
+        """
+        name: two
+        preset: tiny
+        method: grid
+        metric: {name: val/acc_avg, goal: maximize}
+        parameters:
+          method: {values: [independent, papa]}
+        """,
+    )
+    flags = ["--set", "track=mlflow", "--set", f"out_dir={root}", "--set", "epochs=1", *TINY]
+    assert main(["wandb-sweep", str(sweep), *flags]) == 0
+    assert len(records(root / "wandb-sweeps" / "two")) == 2
+    assert sorted(root.glob("**/mlflow.db")) == [root / "mlflow.db"]
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert sorted(r.info.run_name for r in runs) == ["run-0", "run-1"]
+    assert {r.data.tags["group"] for r in runs} == {"two"}

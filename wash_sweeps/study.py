@@ -62,6 +62,7 @@ from .errors import RunFailure
 from .redact import STORAGE_ENV, redact_text, redact_url
 from .results import read_json, write_json
 from .sweep_spec import SweepSpec, load_spec, safe_name
+from .tracking import shared_store, tracker_refs
 
 JOURNAL_NAME = "optuna-journal.log"
 HEARTBEAT_ATTR = "wash:heartbeat"  # journal storage: time.time() of the trial's last beat
@@ -91,7 +92,9 @@ def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
     add_nproc_argument(p)
     p.add_argument("--study-name", default=None, help="default: the sweep file's name")
-    p.add_argument("--out", default=None, help="output dir (default runs/studies/STUDY_NAME)")
+    p.add_argument(
+        "--out", default=None, help="output dir (default OUT_DIR/studies/STUDY_NAME; out_dir: runs)"
+    )
     p.add_argument(
         "--pruner",
         choices=("auto", "median", "hyperband", "none"),
@@ -186,13 +189,15 @@ def sampler_seed(seed: int, n_existing: int) -> int:
     return zlib.crc32(f"wash-sweeps-sampler:{seed}:{n_existing}".encode())
 
 
-def make_sampler(spec: SweepSpec, seed: int) -> Any:
+def make_sampler(spec: SweepSpec, seed: int, shared: bool = False) -> Any:
+    """`shared`: several workers ask at once; TPE then counts the running trials as bad
+    (constant liar), so concurrent workers do not all draw the same promising point."""
     import optuna
 
     if spec.multi_objective:
         return optuna.samplers.NSGAIISampler(seed=seed)
     if spec.method == "bayes":
-        return optuna.samplers.TPESampler(seed=seed)
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=shared)
     # grid points are enqueued; random proposes the rest (and a grid never has a rest)
     return optuna.samplers.RandomSampler(seed=seed)
 
@@ -220,18 +225,19 @@ def load_or_create(storage: Any, name: str, spec: SweepSpec, args: argparse.Name
     import optuna
 
     directions = spec.directions
+    shared = shared_study(storage, args)
     study = optuna.create_study(
         storage=storage,
         study_name=name,
         directions=directions,
-        sampler=make_sampler(spec, args.seed),
+        sampler=make_sampler(spec, args.seed, shared),
         pruner=make_pruner(spec, args.pruner),
         load_if_exists=True,
     )
     # a continued study must not re-propose its first points: the seed also depends on how many
     # trials the study holds when this process joins it (and on --seed, distinct per worker)
     study.sampler = make_sampler(
-        spec, sampler_seed(args.seed, len(study.get_trials(deepcopy=False)))
+        spec, sampler_seed(args.seed, len(study.get_trials(deepcopy=False))), shared
     )
     if [d.name.lower() for d in study.directions] != directions:
         raise ConfigError(
@@ -247,6 +253,13 @@ def load_or_create(storage: Any, name: str, spec: SweepSpec, args: argparse.Name
             for point in spec.grid():
                 study.enqueue_trial(point, skip_if_exists=True)
     return study
+
+
+def shared_study(storage: Any, args: argparse.Namespace) -> bool:
+    """Whether several workers ask the study at once: `--workers` > 1 here, or a PostgreSQL
+    study (how the workers of several machines share one)."""
+    engine = getattr(storage, "engine", None)
+    return args.workers > 1 or (engine is not None and engine.dialect.name == "postgresql")
 
 
 def target_trials(spec: SweepSpec, n_trials: int | None) -> int:
@@ -424,6 +437,7 @@ def run_trial(
                 tracker = make_tracker(
                     cfg, run_dir, mlflow_parent_run_id=ctx["mlflow_parent"], resume=resume
                 )
+                link_trackers(trial, run_dir)  # while it runs: the dashboard finds its runs
                 summary = train_and_evaluate(
                     cfg, run_dir, tracker=tracker, on_epoch=_reporter(trial, spec), resume=resume
                 )
@@ -453,6 +467,7 @@ def run_trial(
 
             traceback.print_exc()  # an unexpected error: its traceback for the worker's log
         trial.set_user_attr(FAIL_REASON, note)
+    link_trackers(trial, run_dir)  # a torchrun job's rank 0 opened them
     study.tell(trial, values if state == TrialState.COMPLETE else None, state=state)
     shown = ", ".join(
         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
@@ -465,6 +480,17 @@ def run_trial(
         f"{time.perf_counter() - start:.1f} s, pid {os.getpid()}",
         flush=True,
     )
+
+
+def link_trackers(trial: Any, run_dir: Path) -> None:
+    """The trial's tracker runs in its user attrs (from the run's trackers.json): `mlflow_run_id`
+    and `wandb_run_path` (entity/project/id, or project/id offline), beside `run_dir`."""
+    refs = tracker_refs(run_dir)
+    if refs.get("mlflow", {}).get("run_id"):
+        trial.set_user_attr("mlflow_run_id", refs["mlflow"]["run_id"])
+    wandb = refs.get("wandb", {})
+    if wandb.get("path") or wandb.get("id"):
+        trial.set_user_attr("wandb_run_path", wandb.get("path") or wandb["id"])
 
 
 def _reporter(trial: Any, spec: SweepSpec):
@@ -523,12 +549,12 @@ def study_command(args: argparse.Namespace) -> int:
     check_study_args(args)
     spec = load_spec(args.sweep_file, overrides)
     name = safe_name(args.study_name or spec.name, "--study-name" if args.study_name else "name")
-    out = Path(args.out or Path("runs") / "studies" / name)
+    root = TrainConfig.from_dict(spec.base)  # out_dir: the output root of the study's runs
+    out = Path(args.out or Path(root.out_dir) / "studies" / name)
     storage_url = args.storage or os.environ.get(STORAGE_ENV) or str(out / JOURNAL_NAME)
-    own_db = not (spec.base.get("mlflow_uri") or os.environ.get("MLFLOW_TRACKING_URI"))
-    if _tracks(spec, "mlflow") and own_db:
-        # the study's parent run and its trials in one database, so trials nest under it
-        spec = spec.with_overrides({"mlflow_uri": f"sqlite:///{out.resolve() / 'mlflow.db'}"})
+    # the parent run and its trials in the MLflow store of the output root, beside the plain
+    # runs there (`mlflow ui --backend-store-uri sqlite:///runs/mlflow.db` shows all of them)
+    spec = spec.with_overrides(shared_store(root))
     n_trials = target_trials(spec, args.n_trials)
     storage = open_storage(storage_url, args.heartbeat, args.grace, args.max_retry)
     study = load_or_create(storage, name, spec, args)
@@ -551,6 +577,8 @@ def study_command(args: argparse.Namespace) -> int:
         return 0
     parent = _start_parent(spec, name, out)
     ctx["mlflow_parent"] = parent.mlflow_run_id if parent else None
+    if parent:
+        parent.log_params(study_params(spec, study, args, ctx["fixed"]))
     print(
         f"study {name!r}: {n_trials} trials, {args.workers} worker(s), "
         f"storage {redact_url(storage_url)}, out {out}",
@@ -566,6 +594,7 @@ def study_command(args: argparse.Namespace) -> int:
         summary = study_summary(study, spec)
         write_json(out / "study_summary.json", summary)
         if parent:
+            parent.log_params(best_params(summary))
             parent.log_summary(_flat_summary(summary))
             parent.log_artifact(out / "study_summary.json")
         print(_describe(summary, out))
@@ -598,8 +627,32 @@ def check_study_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--max-retry {args.max_retry}: must be >= 0")
 
 
-def _tracks(spec: SweepSpec, name: str) -> bool:
-    return name in [t.strip() for t in str(spec.base.get("track", "")).split(",")]
+def study_params(
+    spec: SweepSpec, study: Any, args: argparse.Namespace, fixed: dict[str, Any]
+) -> dict[str, Any]:
+    """The parent run's params: every result-changing field the trials share (the sweep's
+    constants and --set), and how the study samples, prunes and what it optimises."""
+    swept = {p.name for p in spec.params}
+    cfg = TrainConfig.from_dict({**spec.base, **fixed})
+    shared = {k: v for k, v in cfg.result_config().items() if k not in swept}
+    return {
+        **shared,
+        "study/sweep_file": spec.path,
+        "study/method": spec.method,
+        "study/objectives": [f"{m} ({g})" for m, g in spec.objectives],
+        "study/swept": sorted(swept),
+        "study/sampler": type(study.sampler).__name__,
+        "study/pruner": type(study.pruner).__name__,
+    }
+
+
+def best_params(summary: dict[str, Any]) -> dict[str, Any]:
+    """The best trial's number and parameters (categorical ones too: `best/method=wash`);
+    none for a multi-objective study (its Pareto front is in study_summary.json)."""
+    best = summary.get("best_trial")
+    if not best:
+        return {}
+    return {"best/trial": best["number"], **{f"best/{k}": v for k, v in best["params"].items()}}
 
 
 def _start_parent(spec: SweepSpec, name: str, out: Path) -> Any:
@@ -750,7 +803,6 @@ def _flat_summary(summary: dict[str, Any]) -> dict[str, Any]:
     if best:
         flat["study/best_trial"] = best["number"]
         flat["study/best_value"] = best["values"][0]
-        flat.update({f"study/best_params/{k}": v for k, v in best["params"].items()})
         flat.update({f"study/best_{k}": v for k, v in best.get("test", {}).items()})
     if "pareto_front" in summary:
         flat["study/pareto_size"] = len(summary["pareto_front"])

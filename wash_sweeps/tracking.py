@@ -273,6 +273,12 @@ def _open(
     return out
 
 
+def tracker_refs(run_dir: str | Path) -> dict[str, Any]:
+    """The tracker runs of a run directory, as trackers.json records them ({} if none):
+    `{"mlflow": {"run_id", "uri"}, "wandb": {"id", "mode", "path"}}`."""
+    return _previous(Path(run_dir))
+
+
 def _previous(run_dir: Path) -> dict[str, Any]:
     """The tracker runs recorded in `run_dir` ({} if none or unreadable: new runs are opened)."""
     path = run_dir / TRACKERS_FILE

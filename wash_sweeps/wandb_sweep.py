@@ -35,9 +35,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, add_nproc_argument, add_set_argument, check_field, parse_overrides
+from .config import (
+    ConfigError,
+    TrainConfig,
+    add_nproc_argument,
+    add_set_argument,
+    check_field,
+    parse_overrides,
+)
 from .results import iter_jsonl, write_json
 from .sweep_spec import SweepSpec, load_spec
+from .tracking import shared_store
 
 RECORDS = "sweep_runs.jsonl"
 
@@ -52,7 +60,9 @@ def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--online", action="store_true", help="create the sweep on W&B (needs a key)")
     p.add_argument("--project", default=None, help="W&B project (default: the config's project)")
     p.add_argument("--entity", default=None, help="W&B entity (online)")
-    p.add_argument("--out", default=None, help="output dir (default runs/wandb-sweeps/NAME)")
+    p.add_argument(
+        "--out", default=None, help="output dir (default OUT_DIR/wandb-sweeps/NAME; out_dir: runs)"
+    )
     add_set_argument(p, "fix a config field for every run (repeatable)")
     p.add_argument("--seed", type=int, default=0, help="seed of random/bayes proposals (offline)")
     add_nproc_argument(p)
@@ -65,7 +75,10 @@ def run(command: str, args: argparse.Namespace) -> int:
     if args.project:
         overrides["project"] = args.project
     spec = load_spec(args.sweep_file, overrides)
-    out = Path(args.out or Path("runs") / "wandb-sweeps" / spec.name)
+    root = TrainConfig.from_dict(spec.base)  # out_dir: the output root of the sweep's runs
+    out = Path(args.out or Path(root.out_dir) / "wandb-sweeps" / spec.name)
+    # its runs keep the MLflow store of that root, beside the root's plain runs
+    spec = spec.with_overrides(shared_store(root))
     if args.agent_run:
         return agent_run(spec, out, args.assignments, args.nproc_per_trial)
     if args.online:
