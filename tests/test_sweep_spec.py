@@ -43,7 +43,7 @@ def test_shipped_sweep_files_load_and_are_valid_wandb_configs():
     assert len(SHIPPED) >= 4
     for f in SHIPPED:
         spec = load_spec(f)
-        assert spec.base["preset"] == "mnist1d-fast"
+        assert spec.base["preset"] in ("mnist1d-fast", "digits")  # the two CPU-scale tasks
         assert schema_violations_from_proposed_config(spec.wandb_config()) == []
         assert Path(f).read_text().startswith("#"), f"{f} needs a how-to-run header"
     multi = [load_spec(f) for f in SHIPPED if load_spec(f).multi_objective]
@@ -52,9 +52,10 @@ def test_shipped_sweep_files_load_and_are_valid_wandb_configs():
 
 def test_method_grid_expands_for_dvc():
     grid = dvc_grid(load_spec(Path(__file__).parent.parent / "sweeps" / "method_grid.yaml"))
-    assert len(grid) == 24  # (3 baselines + WASH at 5 values of p) x 3 seeds
+    assert len(grid) == 30  # (5 baselines + WASH at 5 values of p) x 3 seeds
     seeds = (0, 1, 2)
-    expected = {(m, None, s) for m in ("independent", "papa", "papa_all") for s in seeds}
+    baselines = ("independent", "papa", "papa_all", "papa2", "dart")
+    expected = {(m, None, s) for m in baselines for s in seeds}
     expected |= {("wash", p, s) for p in (0.001, 0.003, 0.01, 0.03, 0.1) for s in seeds}
     assert {(g["method"], g.get("p"), g["seed"]) for g in grid} == expected  # p only for WASH
     for g in grid:
