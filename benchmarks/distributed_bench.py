@@ -8,7 +8,7 @@ steps). Blocks of WASH and PAPA steps alternate; a block's time is the slowest r
 
 Bytes per step, whole population: `wire` is what the exchange put on the network (all_to_all
 values sent; for the all-reduce, a ring's 2 (W-1)/W d per rank), `counted` is what the method
-reports (method.md's accounting), both in MB per optimizer step.
+reports (docs/method.md's accounting), both in MB per optimizer step.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The WASH shuffle's exact invariants (method.md) and its sampling statistics."""
+"""The WASH shuffle's exact invariants (docs/method.md) and its sampling statistics."""
 
 import itertools
 import math
