@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 SMALL_MODELS = ("cnn1d", "cnn_digits")
+DEFAULT_THREADS = "auto, default"  # threads = 0 (auto), OpenMP's default wait policy
 
 
 def _check(name: str, value: float, limit: float, higher_is_better: bool = False) -> dict:
@@ -31,6 +32,27 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
             _check(f"{m}: PAPA update (amortised), % of step", c["papa_pct_of_step"], 0.5),
             _check(f"{m}: data loading, % of step", c["data_pct_of_step"], 1.0),
         ]
+    return out + _thread_targets(res.get("threads"))
+
+
+def _thread_targets(th: dict | None) -> list[dict]:
+    """Issue 15: `auto` within 10% of the best policy with the cores as found, and no collapse
+    (within 25% of the best) beside busy processes."""
+    out = []
+    for m in sorted({r["model"] for r in th["rows"]} if th else ()):
+        for cond, limit in (
+            (th["rows"][0]["condition"], 1.10),
+            (f"+{th['busy_processes']} busy", 1.25),
+        ):
+            row = next(
+                (r for r in th["rows"]
+                 if r["model"] == m and r["policy"] == DEFAULT_THREADS and r["condition"] == cond),
+                None,
+            )  # fmt: skip
+            if row is None:  # --tiny measures one wait policy
+                continue
+            name = f"{m}: threads {DEFAULT_THREADS} vs best setting, {cond}"
+            out.append(_check(name, row["vs_best"], limit))
     return out
 
 
@@ -102,6 +124,22 @@ def _dist_table(d: dict) -> list[str]:
     return lines
 
 
+def _threads_table(t: dict) -> list[str]:
+    loads = ", ".join(f"{c}: {v:.1f}" for c, v in t["load_avg_1min"].items())
+    lines = [
+        f"## threads: ms per population step (N=5), median of {t['repeats']} repeats "
+        f"(1-min load average {loads})",
+        f"{'model':<11} {'condition':<10} {'threads, wait':<20} {'used':>7} {'ms/step':>9} "
+        f"{'vs best':>8} {'vs as found':>11}",
+    ]
+    for r in t["rows"]:
+        lines.append(
+            f"{r['model']:<11} {r['condition']:<10} {r['policy']:<20} {r['mean_threads']:7.2f} "
+            f"{r['ms_per_step']:9.2f} {r['vs_best']:7.2f}x {r['vs_as_found']:10.2f}x"
+        )
+    return lines
+
+
 def format_table(res: dict[str, Any]) -> str:
     lines = [f"# wash-sweeps bench ({res['meta']['mode']} mode, {res['meta']['machine']})"]
     if "step" in res:
@@ -112,6 +150,8 @@ def format_table(res: dict[str, Any]) -> str:
         lines += _e2e_table(res["e2e"])
     if "distributed" in res:
         lines += _dist_table(res["distributed"])
+    if "threads" in res:
+        lines += _threads_table(res["threads"])
     lines.append("## targets")
     for t in res.get("targets", []):
         verdict = "PASS" if t["pass"] else "MISS"

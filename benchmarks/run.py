@@ -7,8 +7,10 @@ and communicates, measured side by side (warm-up, interleaved repeats, medians o
     wash-sweeps bench --only comm --out bench.json
 
 Sections: step (project vs naive loop, N in {1,2,5,10}), comm (shuffle, PAPA, data as % of a
-step), e2e (samples/s, demo time), distributed (gloo exchange). The table ends with PASS/MISS for
-every target of issue 7; the JSON holds every number and the machine it was measured on.
+step), e2e (samples/s, demo time), distributed (gloo exchange), threads (the thread policy with
+the cores free and shared with 2 busy processes; each policy in its own subprocess). The table
+ends with PASS/MISS for every target of issues 7 and 15; the JSON holds every number and the
+machine it was measured on.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch
 
 from . import report
 
-SECTIONS = ("step", "comm", "e2e", "distributed")
+SECTIONS = ("step", "comm", "e2e", "distributed", "threads")
 
 
 def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
@@ -99,6 +101,11 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         from .distributed_bench import bench_distributed
 
         res["distributed"] = bench_distributed(args.tiny)
+    if "threads" in only:
+        from .threads_bench import bench_threads
+
+        models = s["models"][:1] if args.tiny else ("cnn1d", "cnn_digits")
+        res["threads"] = bench_threads(models, args.tiny, 1 if args.tiny else 4, s["block_s"] * 8)
     res["targets"] = report.targets(res)
     return res
 

@@ -13,6 +13,9 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("MPLCONFIGDIR", tempfile.mkdtemp(prefix="wash-sweeps-mpl-"))
 os.environ.setdefault("MPLBACKEND", "Agg")
 torch.set_num_threads(1)  # tests are many small runs: threads only fight over 2 cores
+# ... and the runs' `threads = 0` (auto) keeps to that (runtime.auto_threads), here and in the
+# subprocesses tests start; a test of the policy itself clears it
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -166,7 +166,12 @@ class TrainConfig:
     # --- run control ----------------------------------------------------------------------
     seed: int = _f(0, "base seed; every other seed is derived from it", min=0)
     device: str = _f("auto", "auto | cpu | cuda | cuda:K")
-    threads: int = _f(0, "torch CPU threads, 0 = torch's default", min=0)
+    threads: int = _f(
+        0,
+        "torch CPU threads; 0 = auto: OMP_NUM_THREADS if set, else up to 2 while the cores are "
+        "free and 1 while other processes use them (re-decided each second; see runtime.py)",
+        min=0,
+    )
     out_dir: str = _f("runs", "root directory of run directories")
     run_name: str = _f("", "run directory name; empty = derived from method, p, N and seed")
     checkpoint_every: int = _f(1, "epochs between checkpoints, 0 = only at the end", min=0)

@@ -43,6 +43,7 @@ from .metrics import (
 )
 from .population import Population
 from .results import RunDir, exclusive, provenance, read_json
+from .runtime import ThreadPolicy
 from .tracking import Tracker, make_tracker
 
 OnEpoch = Callable[[int, dict[str, float]], None]
@@ -104,6 +105,7 @@ class Run:
     per_epoch: int
     total_steps: int
     state: State
+    threads: ThreadPolicy | None = None  # None: torch's threads as they are
 
 
 # --- set-up -----------------------------------------------------------------------------------
@@ -118,8 +120,7 @@ def setup(
     writer: bool = True,
     resume: bool = False,
 ) -> Run:
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    threads = ThreadPolicy(cfg.threads)
     device = resolve_device(cfg.device)
     data = load_data(cfg, device)
     pop = Population(cfg, data.in_shape, data.n_classes, device, members)
@@ -130,8 +131,9 @@ def setup(
     if tracker is None:
         tracker = make_tracker(cfg, run_dir.path, resume=resume) if run_dir else Tracker()
     return Run(
-        cfg, data, pop, method, exchange, run_dir, tracker, device, per_epoch, total, State()
-    )
+        cfg, data, pop, method, exchange, run_dir, tracker, device, per_epoch, total, State(),
+        threads,
+    )  # fmt: skip
 
 
 def derived(run: Run) -> dict[str, Any]:
@@ -258,6 +260,8 @@ def train_epoch(run: Run, bar: tqdm | None) -> float:
         next_lr = lr_at(cfg, st.step + 1, run.total_steps, run.per_epoch)
         st.bytes_total += run.method.after_step(st.step, next_lr / cfg.lr)
         st.step += 1
+        if run.threads is not None:
+            run.threads.tick()  # auto threads follow the machine's load
         if bar is not None:
             bar.update(1)
     st.bytes_total += run.method.after_epoch(st.epoch)

@@ -1,0 +1,112 @@
+"""The thread policy: fixed counts stay, `auto` follows the load other processes put on the
+machine (with a fake clock and CPU-time probe: no timing here), and a run ticks it every step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from wash_sweeps import runtime
+from wash_sweeps.runtime import ThreadPolicy, auto_threads, choose_threads
+
+
+@pytest.fixture(autouse=True)
+def one_thread_after():
+    yield
+    torch.set_num_threads(1)  # conftest's setting, for the tests that follow
+
+
+@pytest.fixture
+def no_omp(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(runtime, "available_cores", lambda: 2)
+
+
+class FakeMachine:
+    """A clock and a probe: `advance(dt, others, own)` lets dt seconds pass during which other
+    processes keep `others` cores busy and this one `own`."""
+
+    def __init__(self):
+        self.t, self.busy, self.own = 100.0, 5000.0, 10.0
+
+    def clock(self) -> float:
+        return self.t
+
+    def probe(self) -> tuple[float, float]:
+        return self.busy, self.own
+
+    def advance(self, dt: float, others: float, own: float) -> None:
+        self.t += dt
+        self.busy += (others + own) * dt
+        self.own += own * dt
+
+
+def test_choose_threads_leaves_busy_cores_alone():
+    assert choose_threads(cap=2, total_cores=2, others_busy=0.0) == 2
+    assert choose_threads(cap=2, total_cores=2, others_busy=0.4) == 2
+    assert choose_threads(cap=2, total_cores=2, others_busy=0.7) == 1
+    assert choose_threads(cap=2, total_cores=2, others_busy=5.0) == 1  # never below one
+    assert choose_threads(cap=2, total_cores=16, others_busy=3.0) == 2  # never above the cap
+
+
+def test_auto_starts_at_the_cap_or_omp_num_threads(no_omp, monkeypatch):
+    assert auto_threads() == 2
+    monkeypatch.setattr(runtime, "available_cores", lambda: 1)
+    assert auto_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert auto_threads() == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "garbage")
+    assert auto_threads() == 1
+
+
+def test_auto_drops_to_one_thread_while_others_run_and_comes_back(no_omp):
+    m = FakeMachine()
+    policy = ThreadPolicy(0, interval_s=1.0, clock=m.clock, probe=m.probe, total_cores=2)
+    assert policy.adaptive and policy.current == 2 == torch.get_num_threads()
+    m.advance(0.5, others=2.0, own=1.0)
+    assert policy.tick() == 2  # within the interval: no decision yet
+    m.advance(0.6, others=2.0, own=1.0)
+    assert policy.tick() == 1 == torch.get_num_threads()
+    m.advance(1.0, others=1.2, own=0.8)  # still busy: stays at one
+    assert policy.tick() == 1
+    m.advance(1.0, others=0.1, own=1.0)  # the others have gone
+    assert policy.tick() == 2 == torch.get_num_threads()
+    assert policy.changes == 2
+
+
+@pytest.mark.parametrize("threads,env", [(1, None), (2, None), (0, "1")])
+def test_a_fixed_count_never_changes(no_omp, monkeypatch, threads, env):
+    if env:
+        monkeypatch.setenv("OMP_NUM_THREADS", env)
+    m = FakeMachine()
+    policy = ThreadPolicy(threads, clock=m.clock, probe=m.probe, total_cores=2)
+    want = threads or int(env)
+    assert not policy.adaptive and policy.current == want == torch.get_num_threads()
+    for others in (2.0, 0.0, 2.0):
+        m.advance(2.0, others=others, own=1.0)
+        assert policy.tick() == want
+
+
+def test_the_real_probe_counts_this_process():
+    busy0, own0 = runtime.cpu_seconds()
+    x = torch.randn(300, 300)
+    for _ in range(200):
+        x = torch.tanh(x @ x)
+    busy1, own1 = runtime.cpu_seconds()
+    assert own1 > own0 and busy1 >= busy0
+
+
+def test_a_run_ticks_the_policy_every_step(tiny_cfg, monkeypatch, no_omp):
+    from wash_sweeps import train
+
+    ticks = []
+
+    class Counting(ThreadPolicy):
+        def tick(self) -> int:
+            ticks.append(self.current)
+            return super().tick()
+
+    monkeypatch.setattr(train, "ThreadPolicy", Counting)
+    summary = train.train_and_evaluate(tiny_cfg(epochs=1, threads=0))
+    assert len(ticks) == summary["derived"]["total_steps"]
+    assert set(ticks) <= {1, 2}

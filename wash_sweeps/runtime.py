@@ -1,0 +1,125 @@
+"""How a run uses the machine: CPU threads.
+
+    policy = ThreadPolicy(cfg.threads)   # 0 = auto; sets torch's threads
+    for step in ...: policy.tick()       # auto: re-decided at most once a second
+
+Why a thread policy at all: torch's default takes every core, and its OpenMP threads spin a
+while at every barrier. On a 2-core machine shared with other jobs a 2-thread step then waits
+for a thread the scheduler has parked: 5-30x slower per step than one thread, where one thread
+is only ~20% slower than two on an idle machine (docs/benchmarks.md, `wash-sweeps bench --only
+threads`). So `auto` uses up to AUTO_MAX_THREADS threads while the cores are free and one while
+other processes use them, measured from the machine's CPU time minus this process's. OpenMP's
+wait policy is left as it is: `auto` never runs two threads against a busy machine for more than
+a second, and an idle machine is where spinning pays. A thread count changes float summation
+order, so an `auto` run's last bits depend on the load; a fixed `threads` (or OMP_NUM_THREADS)
+gives bit-reproducible runs.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, MutableMapping
+
+AUTO_MAX_THREADS = 2  # the small models gain nothing measurable beyond 2 (docs/benchmarks.md)
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its affinity mask: taskset, cgroup cpusets)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def omp_num_threads(environ: MutableMapping[str, str] = os.environ) -> int | None:
+    """OMP_NUM_THREADS when it holds a positive count (the usual knob), else None."""
+    given = environ.get("OMP_NUM_THREADS", "").strip()
+    return int(given) if given.isdigit() and int(given) > 0 else None
+
+
+def auto_cap() -> int:
+    """The most threads `auto` uses: min(AUTO_MAX_THREADS, available cores)."""
+    return max(1, min(AUTO_MAX_THREADS, available_cores()))
+
+
+def auto_threads(environ: MutableMapping[str, str] = os.environ) -> int:
+    """Threads an `auto` run starts with: OMP_NUM_THREADS when set, else auto_cap()."""
+    return omp_num_threads(environ) or auto_cap()
+
+
+def resolve_threads(threads: int) -> int:
+    """torch CPU threads for the config field `threads` (0 = auto)."""
+    return threads if threads > 0 else auto_threads()
+
+
+def apply_threads(threads: int) -> int:
+    """Set torch's intra-op threads from the field `threads`; returns the number set."""
+    import torch
+
+    n = resolve_threads(threads)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+def choose_threads(cap: int, total_cores: int, others_busy: float) -> int:
+    """Threads for `auto`: the cores other processes left free (rounded), between 1 and cap.
+
+    `others_busy` is the CPU time other processes used per second of wall time (cores)."""
+    free = total_cores - others_busy
+    return max(1, min(cap, int(free + 0.5)))
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """(busy CPU seconds of the whole machine, CPU seconds of this process) since boot/start."""
+    import psutil
+
+    t = psutil.cpu_times()
+    busy = sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "steal", 0.0)
+    own = psutil.Process().cpu_times()
+    return busy, own.user + own.system
+
+
+class ThreadPolicy:
+    """torch's intra-op threads for a run: fixed (`threads` > 0 or OMP_NUM_THREADS), or `auto`,
+    which re-decides at most every `interval_s` seconds of wall time from what other processes
+    used since the last decision."""
+
+    def __init__(
+        self,
+        threads: int,
+        interval_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        probe: Callable[[], tuple[float, float]] = cpu_seconds,
+        total_cores: int | None = None,
+    ):
+        # OMP_NUM_THREADS is the user's fixed choice, as a positive `threads` is
+        self.adaptive = threads == 0 and omp_num_threads() is None
+        self.interval_s, self.clock, self.probe = interval_s, clock, probe
+        self.total_cores = total_cores or os.cpu_count() or 1
+        self.current = apply_threads(threads)
+        self.changes = 0  # how often auto switched (recorded with the run)
+        self._last = (clock(), *probe()) if self.adaptive else None
+
+    def tick(self) -> int:
+        """Call once per step; returns the threads in use."""
+        if self._last is None:
+            return self.current
+        now = self.clock()
+        t0, busy0, own0 = self._last
+        if now - t0 < self.interval_s:
+            return self.current
+        busy, own = self.probe()
+        others = max(0.0, (busy - busy0) - (own - own0)) / (now - t0)
+        self._last = (now, busy, own)
+        n = choose_threads(auto_cap(), self.total_cores, others)
+        if n != self.current:
+            self._set(n)
+        return self.current
+
+    def _set(self, n: int) -> None:
+        import torch
+
+        torch.set_num_threads(n)
+        self.current, self.changes = n, self.changes + 1
