@@ -8,8 +8,8 @@ from torch.nn import functional as F
 
 from wash_sweeps.config import TrainConfig
 from wash_sweeps.models import build_model, layer_index
-from wash_sweeps.regularization import MemberRegularization
 from wash_sweeps.population import Population, flat_spec
+from wash_sweeps.regularization import MemberRegularization
 
 
 def _setup(**kw):
@@ -125,3 +125,88 @@ def test_member_regularization_draws_per_member():
     assert len(draws) > 1
     _, plain = _setup()
     assert plain.regularization(0) == MemberRegularization()
+
+
+# --- precision, memory format, compilation ---------------------------------------------------
+
+
+def _batches(n: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(32, 1, 40, generator=g), torch.randint(0, 10, (32,), generator=g)
+    return [(x, y)] * n
+
+
+def _train(pop: Population, steps: int = 5) -> list[float]:
+    return [float(pop.train_step(_batches(pop.n_local, i), 0.05, i).mean()) for i in range(steps)]
+
+
+def test_fp32_is_the_default_and_bit_identical_to_explicit_fp32():
+    cfg, default = _setup()
+    assert cfg.precision == "fp32" and default.amp_dtype is None and default.scaler is None
+    _, explicit = _setup(precision="fp32")
+    assert _train(default) == _train(explicit)
+    assert torch.equal(default.params, explicit.params)
+    assert not default.channels_last  # CPU: inputs keep their layout
+    assert default.forwards == default.models  # compile is off by default
+
+
+def test_bf16_autocasts_the_forward_and_keeps_fp32_state():
+    _, fp32 = _setup()
+    _, bf16 = _setup(precision="bf16")
+    with bf16.autocast():
+        assert bf16.models[0](torch.randn(4, 1, 40)).dtype == torch.bfloat16
+    a, b = _train(fp32), _train(bf16)
+    assert a != b and max(abs(x - y) for x, y in zip(a, b, strict=True)) < 0.05
+    assert bf16.params.dtype == bf16.grads.dtype == torch.float32
+    assert all(v.dtype == torch.float32 for v in bf16.opt_state.values())
+
+
+def _fp16_population() -> Population:
+    # a config cannot ask for fp16 on a CPU (test below); the population itself runs it, so the
+    # scaler path is tested here without a GPU
+    cfg = TrainConfig.from_preset("tiny", precision="fp16")  # device=auto: checked at setup
+    return Population(cfg, (1, 40), 10, "cpu")
+
+
+def test_fp16_scaler_steps_normally_and_skips_an_overflow():
+    pop = _fp16_population()
+    assert pop.scaler is not None and pop.scaler.get_scale() == 2.0**16
+    losses = _train(pop, 20)
+    assert pop.opt_steps == 20 and losses[-1] < losses[0]
+    before = pop.params.clone()
+    state = copy.deepcopy(pop.state_dict())
+    pop.grads.zero_()
+    pop.models[0].fc.weight.register_hook(lambda g: torch.full_like(g, float("inf")))
+    pop.train_step(_batches(pop.n_local), 0.05, 20)
+    assert torch.equal(pop.params, before) and pop.opt_steps == 20  # the step was skipped
+    assert pop.scaler.get_scale() == state["scaler"]["scale"] / 2  # and the scale backed off
+    fresh = _fp16_population()
+    fresh.load_state_dict(state)
+    assert fresh.scaler.get_scale() == state["scaler"]["scale"]
+
+
+@pytest.mark.parametrize("device", ["cpu", "auto"])
+def test_fp16_on_a_cpu_is_one_line(tmp_path, device):
+    from wash_sweeps.config import ConfigError
+    from wash_sweeps.train import setup
+
+    if device == "auto" and torch.cuda.is_available():
+        pytest.skip("auto resolves to CUDA here")
+    with pytest.raises(ConfigError, match=r"^precision='fp16': needs a CUDA device") as e:
+        cfg = TrainConfig.from_preset("tiny", precision="fp16", device=device)
+        setup(cfg, tmp_path / "run", None, writer=False)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.slow
+def test_compiled_forward_trains_like_the_eager_one(monkeypatch):
+    # aot_eager traces through dynamo and AOTAutograd (the flat-row views as parameters) without
+    # a C++ compiler; inductor itself is for the GPU
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: real(m, backend="aot_eager", **kw))
+    _, eager = _setup()
+    _, compiled = _setup(compile=True)
+    assert compiled.forwards[0] is not compiled.models[0]
+    a, b = _train(eager, 3), _train(compiled, 3)
+    assert a == pytest.approx(b, rel=1e-5)
+    assert torch.allclose(eager.params, compiled.params, atol=1e-6)

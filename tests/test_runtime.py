@@ -110,3 +110,12 @@ def test_a_run_ticks_the_policy_every_step(tiny_cfg, monkeypatch, no_omp):
     summary = train.train_and_evaluate(tiny_cfg(epochs=1, threads=0))
     assert len(ticks) == summary["derived"]["total_steps"]
     assert set(ticks) <= {1, 2}
+
+
+@pytest.mark.slow
+def test_a_bf16_tiny_run_learns_and_says_its_precision(tiny_cfg):
+    from wash_sweeps.train import train_and_evaluate
+
+    s = train_and_evaluate(tiny_cfg(precision="bf16", method="wash"))
+    assert s["config"]["precision"] == "bf16"
+    assert s["test/acc_member_mean"] > 0.2 and s["test/acc_ens"] > 0.2

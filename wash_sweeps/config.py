@@ -39,6 +39,7 @@ RUN_CONTROL = frozenset(
         "progress",
         "threads",
         "device",
+        "compile",
         "track",
         "project",
         "group",
@@ -141,6 +142,12 @@ class TrainConfig:
     warmup_epochs: float = _f(0.0, "epochs of linear learning-rate warm-up", min=0.0)
     batch_size: int = _f(128, "samples per member per step", min=1)
     epochs: int = _f(40, "epochs of training", min=1)
+    precision: Literal["fp32", "bf16", "fp16"] = _f(
+        "fp32",
+        "training forward/backward arithmetic: fp32, or autocast to bf16 or fp16 (fp16 with "
+        "torch.amp's gradient scaler, CUDA only); weights, optimizer state, the shuffle and "
+        "evaluation stay fp32",
+    )
     # --- evaluation -----------------------------------------------------------------------
     eval_every: int = _f(
         1, "epochs between evaluations (the last epoch is always evaluated)", min=1
@@ -166,6 +173,9 @@ class TrainConfig:
     # --- run control ----------------------------------------------------------------------
     seed: int = _f(0, "base seed; every other seed is derived from it", min=0)
     device: str = _f("auto", "auto | cpu | cuda | cuda:K")
+    compile: bool = _f(
+        False, "torch.compile every member's training forward (first steps slower; for GPUs)"
+    )
     threads: int = _f(
         0,
         "torch CPU threads; 0 = auto: OMP_NUM_THREADS if set, else up to 2 while the cores are "
@@ -439,6 +449,10 @@ def _check_cross_fields(c: TrainConfig) -> None:
         raise ConfigError(f"synthetic_shape={c.synthetic_shape!r}: model {c.model} needs CxHxW")
     if c.device not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", c.device):
         raise ConfigError(f"device={c.device!r}: allowed values are auto, cpu, cuda, cuda:K")
+    if c.device == "cpu":  # device=auto is checked once resolved (train.setup)
+        from .runtime import check_precision
+
+        check_precision(c.precision, "cpu")
     trackers = [t for t in c.track.split(",") if t.strip()]
     for t in trackers:
         if t.strip() not in ("wandb", "mlflow"):

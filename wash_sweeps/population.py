@@ -12,6 +12,7 @@ members (`members=range(a, b)`, for torch.distributed); row r is then member mem
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ from . import regularization as member_reg
 from . import seeding
 from .config import TrainConfig
 from .models import build_model, layer_index
+from .runtime import amp_dtype
 from .shuffle import Segment, layer_probabilities
 
 _ADAM_BETAS, _ADAM_EPS = (0.9, 0.999), 1e-8
@@ -122,6 +124,20 @@ def bind(
             setattr(mod, attr, view)
 
 
+class _FlatOptimizer:
+    """What torch.amp.GradScaler asks of an optimizer, over the flat (N, P) rows: one parameter
+    whose grad is the flat grads, and a step that is the population's update."""
+
+    def __init__(self, pop: Population, lr: float):
+        holder = nn.Parameter(pop.params, requires_grad=True)  # shares pop.params' storage
+        holder.grad = pop.grads
+        self.param_groups = [{"params": [holder]}]
+        self._pop, self._lr = pop, lr
+
+    def step(self) -> None:
+        self._pop.optimizer_update(self._lr)
+
+
 def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
@@ -158,8 +174,24 @@ class Population:
         for r, model in enumerate(self.models):
             bind(model, self.spec, self.params[r], self.buffers[r], self.grads[r])
         self.has_bn = has_batchnorm(self.models[0])
+        self._init_arithmetic()
 
     # --- construction ----------------------------------------------------------------------
+    def _init_arithmetic(self) -> None:
+        """Precision, memory format and compilation of the training step (GPU settings; the
+        flat fp32 rows are the same whatever they are)."""
+        cfg = self.cfg
+        self.amp_dtype = amp_dtype(cfg.precision)
+        # one scaler for the population: an overflow in any member skips every member's step,
+        # so members keep the same step count (the shuffle and PAPA's schedule rely on it)
+        self.scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
+        # channels_last on the inputs only: the weights stay views of the flat rows (their
+        # layout is the shuffle's and the checkpoints'); cuDNN then runs NHWC kernels and the
+        # activations stay channels_last through the network
+        convolutional = any(isinstance(m, nn.Conv2d) for m in self.models[0].modules())
+        self.channels_last = self.device.type == "cuda" and convolutional
+        self.forwards = [torch.compile(m) if cfg.compile else m for m in self.models]
+
     def _init_model(self, member: int) -> nn.Module:
         init_member = 0 if self.cfg.same_init else member
         with torch.random.fork_rng(devices=[]):
@@ -189,7 +221,9 @@ class Population:
     def member_loss(self, row: int, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
         member = self.members[row]
         reg = self.regularization(member)
-        model = self.models[row]
+        model = self.forwards[row]
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         if reg == member_reg.NONE:
             return F.cross_entropy(model(x), y)
         # erasing first, then mixing: PAPA erases in the dataset transform, mixes in the step
@@ -209,11 +243,29 @@ class Population:
         losses = []
         for row, (x, y) in enumerate(batches):
             self.models[row].train()
-            loss = self.member_loss(row, x, y, step)
-            loss.backward()
+            with self.autocast():
+                loss = self.member_loss(row, x, y, step)
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
             losses.append(loss.detach())
-        self.optimizer_update(lr)
+        if self.scaler is None:
+            self.optimizer_update(lr)
+        else:
+            self.scaled_update(lr)
         return torch.stack(losses)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The forward's precision; fp32 enters no autocast at all (the same kernels as before
+        precision existed)."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def scaled_update(self, lr: float) -> None:
+        """fp16: unscale the flat grads, step every member unless any grad is inf/NaN, and
+        adjust the scale, through torch.amp.GradScaler."""
+        opt = _FlatOptimizer(self, lr)
+        self.scaler.step(opt)
+        self.scaler.update()
 
     @torch.no_grad()
     def optimizer_update(self, lr: float) -> None:
@@ -255,6 +307,7 @@ class Population:
             "opt_state": {k: v.cpu().clone() for k, v in self.opt_state.items()},
             "opt_steps": self.opt_steps,
             "int_buffers": [{k: v.cpu().clone() for k, v in d.items()} for d in self.int_buffers()],
+            **({"scaler": self.scaler.state_dict()} if self.scaler else {}),
         }
 
     @torch.no_grad()
@@ -268,6 +321,8 @@ class Population:
         for k, v in state["opt_state"].items():
             self.opt_state[k].copy_(v)
         self.opt_steps = int(state["opt_steps"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         for model, ints in zip(self.models, state["int_buffers"], strict=True):
             for name, value in ints.items():
                 mod, attr = _get(model, name)

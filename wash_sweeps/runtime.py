@@ -1,4 +1,4 @@
-"""How a run uses the machine: CPU threads.
+"""How a run uses the machine: CPU threads and the arithmetic precision.
 
     policy = ThreadPolicy(cfg.threads)   # 0 = auto; sets torch's threads
     for step in ...: policy.tick()       # auto: re-decided at most once a second
@@ -20,6 +20,9 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, MutableMapping
+from typing import Any
+
+from .config import ConfigError
 
 AUTO_MAX_THREADS = 2  # the small models gain nothing measurable beyond 2 (docs/benchmarks.md)
 
@@ -123,3 +126,25 @@ class ThreadPolicy:
 
         torch.set_num_threads(n)
         self.current, self.changes = n, self.changes + 1
+
+
+# --- arithmetic -----------------------------------------------------------------------------
+
+_AMP_DTYPES = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}
+
+
+def check_precision(precision: str, device_type: str) -> None:
+    """fp16 autocast is refused off CUDA: CPUs have no fast fp16 arithmetic (bf16 is there)."""
+    if precision == "fp16" and device_type != "cuda":
+        raise ConfigError(
+            f"precision='fp16': needs a CUDA device (this run is on {device_type}, where fp16 "
+            "is slow); use bf16 or fp32"
+        )
+
+
+def amp_dtype(precision: str) -> Any:
+    """The autocast dtype of `precision` (None for fp32: no autocast at all)."""
+    import torch
+
+    name = _AMP_DTYPES[precision]
+    return getattr(torch, name) if name else None

@@ -43,7 +43,7 @@ from .metrics import (
 )
 from .population import Population
 from .results import RunDir, exclusive, provenance, read_json
-from .runtime import ThreadPolicy
+from .runtime import ThreadPolicy, check_precision
 from .tracking import Tracker, make_tracker
 
 OnEpoch = Callable[[int, dict[str, float]], None]
@@ -122,6 +122,7 @@ def setup(
 ) -> Run:
     threads = ThreadPolicy(cfg.threads)
     device = resolve_device(cfg.device)
+    check_precision(cfg.precision, device.type)
     data = load_data(cfg, device)
     pop = Population(cfg, data.in_shape, data.n_classes, device, members)
     per_epoch = steps_per_epoch(data.n_train, cfg.batch_size)
