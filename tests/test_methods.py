@@ -153,6 +153,68 @@ def test_wash_stops_at_shuffle_until_and_honours_shuffle_every():
     assert m.after_step(7, 1.0) == 0
 
 
+def _same_plans(a, b) -> bool:
+    if a is None or b is None:
+        return a is b
+    return torch.equal(a.index, b.index) and torch.equal(a.perm, b.perm) and a.n_fixed == b.n_fixed
+
+
+def _wash(prefetch: bool, **kw):
+    from wash_sweeps.methods import Wash
+
+    cfg = TrainConfig.from_preset(
+        "tiny",
+        dataset="synthetic",
+        model="resnet20",
+        synthetic_shape="3x8x8",
+        method="wash",
+        p=0.05,
+        p_schedule="cosine",
+        shuffle_until=0.9,
+        shuffle_buffers=True,
+        **kw,
+    )
+    pop = Population(cfg, (3, 8, 8), 10)
+    return Wash(cfg, pop, make_method(cfg, pop, None, 1).exchange, 400, prefetch=prefetch)
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_prefetched_plans_equal_drawn_plans(every):
+    """Plans drawn ahead on the thread are the plans drawn at the step: sequentially, after a
+    resume at a later step (a fresh method), after a jump within one method, to the end."""
+    drawn, ahead = _wash(False, shuffle_every=every), _wash(True, shuffle_every=every)
+    assert ahead.prefetcher is not None and drawn.prefetcher is None
+    resumed = _wash(True, shuffle_every=every)
+    for steps, method in (
+        (range(0, 150), ahead),
+        (range(250, 400), ahead),
+        (range(137, 200), resumed),
+    ):
+        for step in steps:
+            want, got = drawn.plans(step), method.plans(step)
+            assert _same_plans(want[0], got[0]) and _same_plans(want[1], got[1]), step
+    assert drawn.plans(360) == (None, None)  # past shuffle_until
+    assert ahead.prefetcher.hits > 100 // every  # they did come from the thread
+    ahead.prefetcher.close()
+
+
+def test_prefetched_plans_shuffle_like_drawn_ones():
+    drawn, ahead = _wash(False), _wash(True)
+    for m in (drawn, ahead):
+        _perturb(m.pop)
+    sent = [[m.after_step(s, 1.0) for s in range(20)] for m in (drawn, ahead)]
+    assert sent[0] == sent[1]
+    assert torch.equal(drawn.pop.params, ahead.pop.params)
+    assert torch.equal(drawn.pop.buffers, ahead.pop.buffers)
+
+
+def test_upcoming_shuffle_steps():
+    m = _wash(False, shuffle_every=3)  # shuffles at steps 2, 5, 8, ... below 360
+    assert m.upcoming(2, 2) == [5, 8] and m.upcoming(3, 2) == [5, 8] and m.upcoming(0, 1) == [2]
+    assert m.upcoming(353, 3) == [356, 359]
+    assert all(m.shuffles_at(s) for s in m.upcoming(100, 5))
+
+
 @pytest.mark.parametrize(
     "sched,t,expected", [("constant", 0.5, 1.0), ("linear", 0.25, 0.75), ("cosine", 0.5, 0.5)]
 )

@@ -119,3 +119,25 @@ def test_a_bf16_tiny_run_learns_and_says_its_precision(tiny_cfg):
     s = train_and_evaluate(tiny_cfg(precision="bf16", method="wash"))
     assert s["config"]["precision"] == "bf16"
     assert s["test/acc_member_mean"] > 0.2 and s["test/acc_ens"] > 0.2
+
+
+def test_prefetcher_returns_what_make_returns_and_drops_stale_keys():
+    from wash_sweeps.runtime import Prefetcher
+
+    calls: list[int] = []
+
+    def make(k: int) -> int:
+        calls.append(k)
+        if k == 13:
+            raise ValueError("thirteen")
+        return k * k
+
+    pre = Prefetcher(make)
+    assert pre.get(2, [3, 4]) == 4 and pre.misses == 1
+    assert pre.get(3, [4, 5]) == 9 and pre.hits == 1
+    assert pre.get(10, [11]) == 100  # a jump: 4 and 5 are dropped, 10 computed now
+    assert pre.get(11, [13]) == 121 and pre.hits == 2
+    with pytest.raises(ValueError, match="thirteen"):  # the thread's error, raised here
+        pre.get(13)
+    assert calls.count(4) <= 1 and calls.count(11) == 1
+    pre.close()

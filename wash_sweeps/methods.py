@@ -31,6 +31,7 @@ import torch
 from . import seeding
 from .config import TrainConfig
 from .population import Population
+from .runtime import Prefetcher
 from .shuffle import Segment, ShufflePlan, apply_plan, draw_plan, expected_fraction, scale_segments
 
 
@@ -108,11 +109,26 @@ class Method:
 class Wash(Method):
     name = "wash"
 
-    def __init__(self, cfg: TrainConfig, pop: Population, exchange: Exchange, total_steps: int):
+    PREFETCH_DEPTH = 2  # shuffle steps drawn ahead
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        pop: Population,
+        exchange: Exchange,
+        total_steps: int,
+        prefetch: bool | None = None,
+    ):
         super().__init__(cfg, pop, exchange, total_steps)
         self.segments = pop.spec.segments(cfg.p, cfg.layer_schedule)
         self.buffer_segments = pop.spec.buffer_segments(cfg.p, cfg.layer_schedule)
         self.last_stop = math.ceil(cfg.shuffle_until * total_steps)  # no shuffle at steps >= this
+        # on a GPU the host-side draw would leave the device idle: draw ahead on a thread (plans
+        # are pure functions of (seed, step)). On a CPU the thread would compete with the step's
+        # own threads, so by default not there.
+        if prefetch is None:
+            prefetch = pop.device.type == "cuda"
+        self.prefetcher = Prefetcher(self._draw, "wash-plans") if prefetch else None
 
     def p_factor(self, step: int) -> float:
         """The p schedule over training: 1 throughout (constant), or decayed to 0 at the end."""
@@ -123,10 +139,34 @@ class Wash(Method):
             return 1.0 - t
         return 1.0
 
+    def shuffles_at(self, step: int) -> bool:
+        return (step + 1) % self.cfg.shuffle_every == 0 and step < self.last_stop
+
+    def upcoming(self, step: int, depth: int) -> list[int]:
+        """The next `depth` shuffle steps after `step` (fewer near the end of shuffling)."""
+        every = self.cfg.shuffle_every
+        first = ((step + 1) // every + 1) * every - 1
+        return [s for s in range(first, first + depth * every, every) if s < self.last_stop]
+
     def plans(self, step: int) -> tuple[ShufflePlan | None, ShufflePlan | None]:
-        """The plans of step `step` (None where nothing is shuffled): the same on every process."""
-        if (step + 1) % self.cfg.shuffle_every or step >= self.last_stop:
+        """The plans of step `step` (None where nothing is shuffled): the same on every process,
+        whether drawn now or ahead by the prefetcher."""
+        if not self.shuffles_at(step):
             return None, None
+        if self.prefetcher is None:
+            return self._draw(step)
+        return self.prefetcher.get(step, self.upcoming(step, self.PREFETCH_DEPTH))
+
+    def _draw(self, step: int) -> tuple[ShufflePlan, ShufflePlan | None]:
+        """Draw step `step`'s plans from the (seed, step) generator (on the prefetch thread or
+        here). For a GPU they come in pinned memory, so moving them is an asynchronous copy."""
+        plan, bplan = self._draw_host(step)
+        if self.pop.device.type == "cuda":
+            plan = plan.pin_memory()
+            bplan = bplan.pin_memory() if bplan is not None else None
+        return plan, bplan
+
+    def _draw_host(self, step: int) -> tuple[ShufflePlan, ShufflePlan | None]:
         factor = self.p_factor(step)
         rng = seeding.numpy_rng(self.cfg.seed, seeding.SHUFFLE, step)
         n = self.cfg.n_members

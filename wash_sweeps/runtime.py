@@ -1,4 +1,5 @@
-"""How a run uses the machine: CPU threads and the arithmetic precision.
+"""How a run uses the machine: CPU threads, the arithmetic precision and work done ahead on a
+background thread.
 
     policy = ThreadPolicy(cfg.threads)   # 0 = auto; sets torch's threads
     for step in ...: policy.tick()       # auto: re-decided at most once a second
@@ -19,10 +20,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, MutableMapping
-from typing import Any
+from collections.abc import Callable, Iterable, MutableMapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Generic, TypeVar
 
 from .config import ConfigError
+
+T = TypeVar("T")
 
 AUTO_MAX_THREADS = 2  # the small models gain nothing measurable beyond 2 (docs/benchmarks.md)
 
@@ -148,3 +152,41 @@ def amp_dtype(precision: str) -> Any:
 
     name = _AMP_DTYPES[precision]
     return getattr(torch, name) if name else None
+
+
+# --- work ahead of the training loop -------------------------------------------------------------
+
+
+class Prefetcher(Generic[T]):
+    """Computes `make(key)` for the keys the caller says come next, on one background thread.
+
+    For pure functions of an int (a WASH plan of step s): `get(s, upcoming)` returns exactly
+    `make(s)`, from the thread if it was asked for ahead, else computed now; then queues
+    `upcoming`. Results for keys below `s` are dropped (a resume or a jump goes on correctly)."""
+
+    def __init__(self, make: Callable[[int], T], name: str = "prefetch"):
+        self._make = make
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._pending: dict[int, Future[T]] = {}
+        self.hits = self.misses = 0
+
+    def get(self, key: int, upcoming: Iterable[int] = ()) -> T:
+        future = self._pending.pop(key, None)
+        for stale in [k for k in self._pending if k < key]:
+            self._pending.pop(stale).cancel()
+        if future is None:
+            self.misses += 1
+            value = self._make(key)
+        else:
+            self.hits += 1
+            value = future.result()  # re-raises what the thread raised
+        for k in upcoming:
+            if k not in self._pending:
+                self._pending[k] = self._pool.submit(self._make, k)
+        return value
+
+    def close(self) -> None:
+        for f in self._pending.values():
+            f.cancel()
+        self._pending.clear()
+        self._pool.shutdown(wait=False)

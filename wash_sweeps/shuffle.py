@@ -57,7 +57,16 @@ class ShufflePlan:
         return int(self.moved_mask().sum())
 
     def to(self, device: torch.device | str) -> ShufflePlan:
-        return ShufflePlan(self.index.to(device), self.perm.to(device), self.n_fixed)
+        """On `device` (itself if already there); from pinned memory the copy is asynchronous."""
+        device = torch.device(device)
+        if self.index.device == device:
+            return self
+        index = self.index.to(device, non_blocking=True)
+        return ShufflePlan(index, self.perm.to(device, non_blocking=True), self.n_fixed)
+
+    def pin_memory(self) -> ShufflePlan:
+        """In page-locked host memory (for an asynchronous copy to a GPU)."""
+        return ShufflePlan(self.index.pin_memory(), self.perm.pin_memory(), self.n_fixed)
 
     def linear_moves(
         self, row_length: int, device: torch.device | str = "cpu"
