@@ -141,3 +141,44 @@ def test_prefetcher_returns_what_make_returns_and_drops_stale_keys():
         pre.get(13)
     assert calls.count(4) <= 1 and calls.count(11) == 1
     pre.close()
+
+
+def test_visible_gpus_follow_cuda_visible_devices():
+    from wash_sweeps.runtime import visible_gpus
+
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "4, 6,GPU-ab12"}) == ["4", "6", "GPU-ab12"]
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": ""}) == []
+
+
+def test_parse_gpus_maps_indices_through_the_visible_devices():
+    from wash_sweeps.config import ConfigError
+    from wash_sweeps.runtime import parse_gpus
+
+    visible = ["4", "5", "6", "7"]
+    assert parse_gpus("auto", visible) == visible
+    assert parse_gpus("0,2", visible) == ["4", "6"]
+    assert parse_gpus(" 3 ", visible) == ["7"]
+    for bad, why in [
+        ("", "expected auto"),
+        ("0,,1", "expected auto"),
+        ("-1", "expected auto"),
+        ("1,1", "listed twice"),
+        ("4", "no device 4"),
+    ]:
+        with pytest.raises(ConfigError, match=why):
+            parse_gpus(bad, visible)
+    with pytest.raises(ConfigError, match="no CUDA device is visible"):
+        parse_gpus("auto", [])
+
+
+def test_assign_gpus_deals_groups_round_robin():
+    from wash_sweeps.config import ConfigError
+    from wash_sweeps.runtime import assign_gpus
+
+    four = ["0", "1", "2", "3"]
+    assert assign_gpus(four, 6) == ["0", "1", "2", "3", "0", "1"]  # two workers share 0 and 1
+    assert assign_gpus(four, 2) == ["0", "1"]
+    assert assign_gpus(four, 3, per_trial=2) == ["0,1", "2,3", "0,1"]
+    assert assign_gpus(["0", "1", "2"], 2, per_trial=2) == ["0,1", "0,1"]  # device 2 left over
+    with pytest.raises(ConfigError, match="at least as many devices"):
+        assign_gpus(["0"], 1, per_trial=2)

@@ -499,6 +499,48 @@ def test_study_trials_under_torchrun_report_every_epoch(tmp_path, monkeypatch):
     }
 
 
+def test_gpus_are_dealt_to_the_worker_processes(tmp_path, monkeypatch, capsys):
+    """`--gpus` gives each worker process its own CUDA_VISIBLE_DEVICES (indices into the devices
+    this process sees, round-robin). The workers are stand-ins that record their environment."""
+    from wash_sweeps import study
+
+    started: list[dict] = []
+
+    class Worker:
+        def __init__(self, cmd, env):
+            started.append({"cmd": cmd, "env": env})
+
+        def wait(self) -> int:
+            return 0
+
+    monkeypatch.setattr(study.subprocess, "Popen", Worker)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,7")  # what this process may use
+    sweep, out = sweep_file(tmp_path, RANDOM), tmp_path / "study"
+    rc = main(["study", str(sweep), "--out", str(out), "--n-trials", "2", "--workers", "3",
+               "--gpus", "0,1", *TINY])  # fmt: skip
+    assert rc == 0
+    assert [w["env"]["CUDA_VISIBLE_DEVICES"] for w in started] == ["3", "7", "3"]
+    assert all("--gpus" not in w["cmd"] for w in started)
+    assert "worker 2 on CUDA device(s) 3" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "gpus,message",
+    [
+        ("0,x", "expected auto or comma-separated device indices"),
+        ("0,0", "device 0 is listed twice"),
+        ("2", "there is no device 2 (2 CUDA device(s) visible here)"),
+    ],
+)
+def test_a_bad_gpus_value_is_one_line(tmp_path, monkeypatch, capsys, gpus, message):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    sweep, out = sweep_file(tmp_path, RANDOM), tmp_path / "study"
+    assert main(["study", str(sweep), "--out", str(out), "--gpus", gpus, *TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and err.startswith("wash-sweeps: error: --gpus")
+    assert not out.exists()  # refused before any storage was created
+
+
 CATEGORICAL = """
 name: cat
 preset: tiny

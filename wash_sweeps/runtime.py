@@ -1,5 +1,5 @@
-"""How a run uses the machine: CPU threads, the arithmetic precision and work done ahead on a
-background thread.
+"""How a run uses the machine: CPU threads, the arithmetic precision, work done ahead on a
+background thread, and the GPUs of a study's workers.
 
     policy = ThreadPolicy(cfg.threads)   # 0 = auto; sets torch's threads
     for step in ...: policy.tick()       # auto: re-decided at most once a second
@@ -190,3 +190,58 @@ class Prefetcher(Generic[T]):
             f.cancel()
         self._pending.clear()
         self._pool.shutdown(wait=False)
+
+
+# --- GPUs for several worker processes ---------------------------------------------------------
+
+
+def visible_gpus(environ: MutableMapping[str, str] = os.environ) -> list[str]:
+    """The CUDA devices this process may use, as CUDA_VISIBLE_DEVICES entries (indices or
+    UUIDs): that variable's list when set, else every device torch counts."""
+    given = environ.get("CUDA_VISIBLE_DEVICES")
+    if given is not None:
+        return [d.strip() for d in given.split(",") if d.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def parse_gpus(text: str, visible: list[str]) -> list[str]:
+    """`--gpus` as the devices to hand out: `auto` = every visible one, or indices into the
+    visible devices (as torch numbers them: cuda:K), e.g. `0,1,2,3`."""
+    if text.strip() == "auto":
+        if not visible:
+            raise ConfigError("--gpus auto: no CUDA device is visible on this machine")
+        return list(visible)
+    items = [t.strip() for t in text.split(",")]
+    if not all(t.isdigit() for t in items):
+        raise ConfigError(
+            f"--gpus {text!r}: expected auto or comma-separated device indices such as 0,1,2,3"
+        )
+    index = [int(t) for t in items]
+    twice = next((i for i in index if index.count(i) > 1), None)
+    if twice is not None:
+        raise ConfigError(
+            f"--gpus {text!r}: device {twice} is listed twice (--workers puts several "
+            "workers on one GPU)"
+        )
+    missing = next((i for i in index if i >= len(visible)), None)
+    if missing is not None:
+        raise ConfigError(
+            f"--gpus {text!r}: there is no device {missing} ({len(visible)} CUDA device(s) "
+            "visible here)"
+        )
+    return [visible[i] for i in index]
+
+
+def assign_gpus(gpus: list[str], workers: int, per_trial: int = 1) -> list[str]:
+    """Each worker's CUDA_VISIBLE_DEVICES: the devices cut into groups of `per_trial` (a trial's
+    torchrun processes take one device each), dealt to the workers round-robin, so with more
+    workers than groups several workers share a GPU. Devices left over from the cut are unused."""
+    groups = [gpus[j : j + per_trial] for j in range(0, len(gpus) - per_trial + 1, per_trial)]
+    if not groups:
+        raise ConfigError(
+            f"--gpus: {len(gpus)} device(s) for trials of --nproc-per-trial {per_trial} "
+            "processes, one device each; give at least as many devices"
+        )
+    return [",".join(groups[i % len(groups)]) for i in range(workers)]

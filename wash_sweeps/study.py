@@ -4,6 +4,7 @@
     wash-sweeps study sweeps/wash_p.yaml --n-trials 30                  # same command: continues
     wash-sweeps study sweeps/acc_vs_bytes.yaml --n-trials 40 --track mlflow,wandb
     wash-sweeps study sweeps/wash_p.yaml --n-trials 8 --nproc-per-trial 4  # each trial: torchrun
+    wash-sweeps study sweeps/wash_p.yaml --n-trials 40 --workers 8 --gpus auto   # 2 per GPU on 4
     wash-sweeps study sweeps/wash_p.yaml --n-trials 100 \\
         --storage postgresql+psycopg2://USER@HOST:5432/DB             # one per machine, shared DB
     PGPASSWORD=... wash-sweeps study ...      # the password from the environment, never argv
@@ -61,6 +62,7 @@ from .config import (
 from .errors import RunFailure
 from .redact import STORAGE_ENV, redact_text, redact_url
 from .results import read_json, write_json
+from .runtime import assign_gpus, parse_gpus, visible_gpus
 from .sweep_spec import SweepSpec, load_spec, safe_name
 from .tracking import shared_store, tracker_refs
 
@@ -90,6 +92,12 @@ def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
         help=f"URL or journal file (default ${STORAGE_ENV}, else OUT/{JOURNAL_NAME})",
     )
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    p.add_argument(
+        "--gpus",
+        default=None,
+        help="auto, or device indices such as 0,1,2,3: each worker process gets its own "
+        "CUDA_VISIBLE_DEVICES, dealt round-robin (more workers than GPUs share them)",
+    )
     add_nproc_argument(p)
     p.add_argument("--study-name", default=None, help="default: the sweep file's name")
     p.add_argument(
@@ -407,6 +415,8 @@ def run_trial(
     run_dir = out / "trials" / f"trial-{number}"
     trial.set_user_attr("run_dir", str(run_dir))
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    if "CUDA_VISIBLE_DEVICES" in os.environ:  # which GPU(s) ran it (--gpus)
+        trial.set_user_attr("cuda_visible_devices", os.environ["CUDA_VISIBLE_DEVICES"])
     if origin is not None:
         trial.set_user_attr(FAIL_REASON, "")  # the killed attempt's reason is not this one's
     state, values, note = TrialState.FAIL, None, ""
@@ -548,6 +558,7 @@ def study_command(args: argparse.Namespace) -> int:
         overrides["track"] = args.track
     check_study_args(args)
     spec = load_spec(args.sweep_file, overrides)
+    gpus = worker_gpus(args, spec)  # a bad --gpus fails before any storage is touched
     name = safe_name(args.study_name or spec.name, "--study-name" if args.study_name else "name")
     root = TrainConfig.from_dict(spec.base)  # out_dir: the output root of the study's runs
     out = Path(args.out or Path(root.out_dir) / "studies" / name)
@@ -587,10 +598,10 @@ def study_command(args: argparse.Namespace) -> int:
     status = "FAILED"
     try:
         died: list[int] = []
-        if args.workers == 1:
+        if args.workers == 1 and gpus is None:
             work(study, storage, spec, out, n_trials, args, ctx)
         else:
-            died = _run_workers(args, name, out, storage_url, n_trials, ctx)
+            died = _run_workers(args, name, out, storage_url, n_trials, ctx, gpus)
         summary = study_summary(study, spec)
         write_json(out / "study_summary.json", summary)
         if parent:
@@ -674,11 +685,28 @@ def _start_parent(spec: SweepSpec, name: str, out: Path) -> Any:
     )
 
 
+def worker_gpus(args: argparse.Namespace, spec: SweepSpec) -> list[str] | None:
+    """Each worker's CUDA_VISIBLE_DEVICES from `--gpus` (None without it)."""
+    text = getattr(args, "gpus", None)
+    if text is None:
+        return None
+    if str(spec.base.get("device", "auto")) == "cpu":
+        raise ConfigError(f"--gpus {text!r}: the trials run on device=cpu")
+    gpus = parse_gpus(text, visible_gpus())
+    return assign_gpus(gpus, args.workers, args.nproc_per_trial)
+
+
 def _run_workers(
-    args: Any, name: str, out: Path, storage_url: str, n_trials: int, ctx: dict
+    args: Any,
+    name: str,
+    out: Path,
+    storage_url: str,
+    n_trials: int,
+    ctx: dict,
+    gpus: list[str] | None = None,
 ) -> list[int]:
-    """Start the worker processes and wait for them; returns the exit codes of those that
-    failed (killed or crashed)."""
+    """Start the worker processes (on their GPUs, when `gpus` assigns them) and wait for them;
+    returns the exit codes of those that failed (killed or crashed)."""
     cmd = [
         sys.executable,
         "-m",
@@ -715,8 +743,12 @@ def _run_workers(
     env = {**os.environ, STORAGE_ENV: storage_url}
     procs = []
     for i in range(args.workers):
+        # a worker's trials see only its devices: device=auto/cuda is then the assigned GPU
+        worker_env = env if gpus is None else {**env, "CUDA_VISIBLE_DEVICES": gpus[i]}
+        if gpus is not None:
+            print(f"study {name!r}: worker {i} on CUDA device(s) {gpus[i]}", flush=True)
         # each worker samples with its own seed, else two workers propose the same first points
-        procs.append(subprocess.Popen([*cmd, "--seed", str(args.seed + i)], env=env))
+        procs.append(subprocess.Popen([*cmd, "--seed", str(args.seed + i)], env=worker_env))
     codes = [p.wait() for p in procs]
     return [c for c in codes if c != 0]
 
