@@ -115,3 +115,20 @@ def test_bn_reestimation_leaves_a_model_without_bn_alone():
     plain = loss_curve(pop.new_model(), a, b, x, y, points=5, batch_size=32)
     same = loss_curve(pop.new_model(), a, b, x, y, points=5, batch_size=32, bn_batches=[x])
     assert plain == same
+
+
+def test_known_end_points_give_the_same_curve():
+    """A caller that already has L(0) and L(1) (the members' own losses) gets the same curve
+    with only the interior points evaluated."""
+    cfg = TrainConfig.from_preset("tiny")
+    pop = Population(cfg, (1, 40), 10)
+    x, y = torch.randn(64, 1, 40), torch.randint(0, 10, (64,))
+    a, b = (pop.params[0], pop.buffers[0]), (pop.params[1], pop.buffers[1])
+    full = loss_curve(pop.new_model(), a, b, x, y, points=5, batch_size=32)
+    calls = []
+    spare = pop.new_model()
+    hook = spare[0].register_forward_hook(lambda *_: calls.append(1))
+    reused = loss_curve(spare, a, b, x, y, points=5, batch_size=32, ends=(full[0], full[-1]))
+    hook.remove()
+    assert reused == pytest.approx(full, abs=1e-6)
+    assert len(calls) == 3 * 2  # 3 interior points x 2 batches of 32: no end point re-evaluated

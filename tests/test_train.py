@@ -282,3 +282,17 @@ def test_bn_model_reports_reestimated_soup(tmp_path, tiny_cfg):
     )
     s = train_and_evaluate(cfg, tmp_path / "run")
     assert 0 <= s["val/acc_avg_bn"] <= 1 and 0 <= s["test/acc_avg_bn"] <= 1
+
+
+def test_intermediate_barriers_use_fewer_points_and_times_are_reported(tmp_path, tiny_cfg):
+    cfg = tiny_cfg(epochs=3, barrier_points=7, barrier_points_during=3, n_train=256)
+    s = train_and_evaluate(cfg, tmp_path / "run")
+    records = RunDir(tmp_path / "run").read_metrics()
+    assert [len(r["curves"]["pair/0-1"]) for r in records] == [3, 3, 7]  # full curve at the end
+    assert len(s["curves"]["avg/0"]) == 7
+    # the end points of a curve are the members' (and the average's) own test losses
+    first = records[0]["curves"]
+    assert first["pair/0-1"][-1] == pytest.approx(first["pair/1-2"][0])
+    t = {k: s[k] for k in ("time/train_s", "time/eval_s", "time/wall_s")}
+    assert 0 < t["time/eval_s"] < t["time/wall_s"] and t["time/train_s"] < t["time/wall_s"]
+    assert t["time/train_s"] + t["time/eval_s"] <= t["time/wall_s"]

@@ -95,7 +95,7 @@ class TrainConfig:
         "independent | wash | papa | papa_all | papa2 (pairwise averages at papa_all's times) | "
         "dart (papa_all's schedule, member_regularization forced on)",
     )
-    n_members: int = _f(5, "population size N", min=1)
+    n_members: int = _f(5, "population size N", min=1, max=1024)
     same_init: bool = _f(False, "all members start from member 0's initialisation")
     member_regularization: bool = _f(
         False,
@@ -159,6 +159,12 @@ class TrainConfig:
         1, "evaluations between barrier measurements, 0 = at the end only", min=0
     )
     barrier_samples: int = _f(1000, "test samples used for the loss barrier, 0 = all", min=0)
+    barrier_points_during: int = _f(
+        3,
+        "points on the interpolation grid at evaluations before the last (3: the midpoint); "
+        "the final evaluation measures barrier_points",
+        min=2,
+    )
     barrier_bn_reestimate: bool = _f(
         True,
         "re-estimate BN statistics of every interpolated model on training batches "
@@ -476,7 +482,7 @@ def _check_no_credentials(c: TrainConfig) -> None:
 
 # --- presets: deltas over the default ---------------------------------------------------------
 
-# the small-model recipe of method.md's prototype: SGD 0.05 cosine, uniform p with the optimizer
+# the small-model recipe of the first prototype (docs/LOG.md): SGD 0.05 cosine, uniform p with the optimizer
 # state shuffled along, no shuffle in the last 10% of steps, PAPA's pull scaled to short schedules
 _SMALL = dict(
     lr=0.05,
@@ -490,7 +496,7 @@ _SMALL = dict(
 # MNIST-1D's 1-D CNN: 30 steps/epoch at batch 128; at 32 channels every method lands 3-20
 # points lower (docs/LOG.md)
 _MNIST1D = dict(_SMALL, dataset="mnist1d", model="cnn1d", width=64, batch_size=128)
-# PAPA's CIFAR protocol (method.md): ResNet-18, SGD 0.1, batch 64, random crop + flip, N=5;
+# PAPA's CIFAR protocol (docs/method.md): ResNet-18, SGD 0.1, batch 64, random crop + flip, N=5;
 # evaluation sparser and barriers only at the end, since a CPU/GPU eval of 5 ResNets is costly
 _CIFAR = dict(
     model="resnet18",

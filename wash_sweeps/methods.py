@@ -7,7 +7,7 @@ processes itself: it goes through an *exchange* (the transport). `LocalExchange`
 member in this process; `wash_sweeps.distributed` provides one over torch.distributed with the
 same four operations, so the same method code runs both ways.
 
-Byte accounting (method.md), all totals over the whole population:
+Byte accounting (docs/method.md), all totals over the whole population:
 - WASH: values that change owner (selected coordinates with s(i) != i) x element size, for the
   weights and for every tensor shuffled along (optimizer state, buffers). Indices and
   permutations cost nothing: every process draws them from the shared (seed, step) generator.

@@ -1,4 +1,4 @@
-"""The science metrics, defined exactly as in method.md.
+"""The science metrics, defined exactly as in docs/method.md.
 
 Accuracy of members / logit ensemble / soups on a named split (`val/...` validation, `test/...`
 test), diversity (consensus distance overall and per layer, mean pairwise L2, prediction
@@ -109,16 +109,35 @@ def loss_curve(
     points: int,
     batch_size: int,
     bn_batches: Sequence[torch.Tensor] = (),
+    ends: tuple[float, float] | None = None,
 ) -> list[float]:
     """Test loss L(alpha) at (1 - alpha) A + alpha B for alpha on a uniform grid of `points`.
 
     Parameters are interpolated. BN running statistics are re-estimated on `bn_batches` (training
     inputs) for every interpolated model when given, since interpolated statistics do not match
     the interpolated weights (the barrier would then measure that mismatch); without
-    `bn_batches` they are interpolated too."""
+    `bn_batches` they are interpolated too. `ends`: L(0) and L(1) when the caller has them
+    already (the end points are A and B themselves), so only the interior points are evaluated."""
+    alphas = interpolation_alphas(points)
+    if ends is not None and not bn_batches:
+        inner = _losses_at(target, a, b, alphas[1:-1], x, y, batch_size)
+        return [ends[0], *inner, ends[1]]
+    return _losses_at(target, a, b, alphas, x, y, batch_size, bn_batches)
+
+
+def _losses_at(
+    target: tuple[nn.Module, torch.Tensor, torch.Tensor],
+    a: tuple[torch.Tensor, torch.Tensor],
+    b: tuple[torch.Tensor, torch.Tensor],
+    alphas: Sequence[float],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    bn_batches: Sequence[torch.Tensor] = (),
+) -> list[float]:
     model, p, buf = target
     curve = []
-    for alpha in interpolation_alphas(points):
+    for alpha in alphas:
         torch.lerp(a[0], b[0], alpha, out=p)
         torch.lerp(a[1], b[1], alpha, out=buf)
         if bn_batches:

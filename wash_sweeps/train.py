@@ -90,6 +90,8 @@ class State:
     samples: int = 0
     evals: int = 0
     train_loss: float = math.nan  # the last epoch's mean training loss (a resumed end reports it)
+    eval_time_s: float = 0.0  # seconds spent in evaluations
+    wall_time_s: float = 0.0  # seconds from the run's start to its last evaluation (all segments)
 
 
 @dataclasses.dataclass
@@ -106,6 +108,7 @@ class Run:
     total_steps: int
     state: State
     threads: ThreadPolicy | None = None  # None: torch's threads as they are
+    clock: float = dataclasses.field(default_factory=time.perf_counter)  # wall time counted up to
 
 
 # --- set-up -----------------------------------------------------------------------------------
@@ -120,6 +123,7 @@ def setup(
     writer: bool = True,
     resume: bool = False,
 ) -> Run:
+    start = time.perf_counter()  # the run's wall time includes loading the data
     threads = ThreadPolicy(cfg.threads)
     device = resolve_device(cfg.device)
     check_precision(cfg.precision, device.type)
@@ -133,7 +137,7 @@ def setup(
         tracker = make_tracker(cfg, run_dir.path, resume=resume) if run_dir else Tracker()
     return Run(
         cfg, data, pop, method, exchange, run_dir, tracker, device, per_epoch, total, State(),
-        threads,
+        threads, start,
     )  # fmt: skip
 
 
@@ -311,15 +315,18 @@ def _soup_metrics(run: Run, params: torch.Tensor, buffers: torch.Tensor, spare) 
 
 
 def _barriers(
-    run: Run, params: torch.Tensor, buffers: torch.Tensor, spare
+    run: Run, params: torch.Tensor, buffers: torch.Tensor, spare, ends: EndLosses, final: bool
 ) -> tuple[dict[str, float], dict[str, list[float]]]:
     """Loss barriers on the test split between member pairs and from each member to the
-    average (BN statistics re-estimated at every point of the path when the model has BN)."""
-    curve = _curve_fn(run, spare)
-    curves = _pair_curves(run, params, buffers, spare)
+    average (BN statistics re-estimated at every point of the path when the model has BN).
+    The final evaluation measures `barrier_points` points, earlier ones `barrier_points_during`."""
+    cfg = run.cfg
+    points = cfg.barrier_points if final else min(cfg.barrier_points_during, cfg.barrier_points)
+    curve = _curve_fn(run, spare, points)
+    curves = _pair_curves(run, params, buffers, spare, points, ends)
     avg = uniform_soup(params, buffers)
     for i in range(params.shape[0]):
-        curves[f"avg/{i}"] = curve((params[i], buffers[i]), avg)
+        curves[f"avg/{i}"] = curve((params[i], buffers[i]), avg, ends.pair(i, "avg"))
     pair = [barrier(c) for k, c in curves.items() if k.startswith("pair/")]
     to_avg = [barrier(c) for k, c in curves.items() if k.startswith("avg/")]
     metrics = {
@@ -330,26 +337,59 @@ def _barriers(
     return metrics, curves
 
 
-def _curve_fn(run: Run, spare) -> Callable[..., list[float]]:
+@dataclasses.dataclass
+class EndLosses:
+    """Test losses (on the barrier's samples) of the members and of the average, when they can
+    stand for a curve's end points: computed once per evaluation instead of once per curve.
+    Empty when BN statistics are re-estimated along the path (the end points then differ)."""
+
+    members: list[float] = dataclasses.field(default_factory=list)
+    avg: float | None = None
+
+    def pair(self, i: int, j: int | str) -> tuple[float, float] | None:
+        if not self.members:
+            return None
+        end = self.avg if j == "avg" else self.members[int(j)]
+        return None if end is None else (self.members[i], end)
+
+
+def _end_losses(run: Run, test_logits: torch.Tensor, params, buffers, spare) -> EndLosses:
+    cfg, data = run.cfg, run.data
+    if run.pop.has_bn and cfg.barrier_bn_reestimate:
+        return EndLosses()
+    n = cfg.barrier_samples or len(data.y_test)
+    y = data.y_test[:n]
+    members = [loss(test_logits[i, :n], y) for i in range(test_logits.shape[0])]
+    model = load_into(uniform_soup(params, buffers), spare)
+    return EndLosses(members, loss(logits_of(model, data.x_test[:n], cfg.eval_batch_size), y))
+
+
+def _curve_fn(run: Run, spare, points: int) -> Callable[..., list[float]]:
     """The test-loss curve between two (params, buffers) points, as every barrier measures it."""
     cfg, data = run.cfg, run.data
     n = cfg.barrier_samples or len(data.y_test)
     x, y = data.x_test[:n], data.y_test[:n]
     bn = _bn_batches(run) if run.pop.has_bn and cfg.barrier_bn_reestimate else []
 
-    def curve(a, b) -> list[float]:
-        return loss_curve(spare, a, b, x, y, cfg.barrier_points, cfg.eval_batch_size, bn)
+    def curve(a, b, ends: tuple[float, float] | None = None) -> list[float]:
+        return loss_curve(spare, a, b, x, y, points, cfg.eval_batch_size, bn, ends)
 
     return curve
 
 
 def _pair_curves(
-    run: Run, params: torch.Tensor, buffers: torch.Tensor, spare
+    run: Run,
+    params: torch.Tensor,
+    buffers: torch.Tensor,
+    spare,
+    points: int,
+    ends: EndLosses | None = None,
 ) -> dict[str, list[float]]:
     """`pair/i-j`: the curve between members i and j, for the measured pairs."""
-    curve = _curve_fn(run, spare)
+    curve = _curve_fn(run, spare, points)
+    ends = ends or EndLosses()
     return {
-        f"pair/{i}-{j}": curve((params[i], buffers[i]), (params[j], buffers[j]))
+        f"pair/{i}-{j}": curve((params[i], buffers[i]), (params[j], buffers[j]), ends.pair(i, j))
         for i, j in barrier_pairs(params.shape[0], run.cfg.barrier_pairs)
     }
 
@@ -366,11 +406,12 @@ def _member_logits(run: Run) -> dict[str, torch.Tensor | None]:
 
 
 def evaluate(run: Run, train_loss: float, final: bool = False) -> dict[str, Any] | None:
-    """Every metric of method.md at the current step: accuracies and losses on validation
+    """Every metric of docs/method.md at the current step: accuracies and losses on validation
     (`val/`) and test (`test/`); diversity and barriers on test. Returns the record (None on
     processes that do not hold the gathered population)."""
     cfg, st, pop = run.cfg, run.state, run.pop
     ex = run.exchange
+    start = time.perf_counter()
     logits = _member_logits(run)
     params = ex.gather(pop.params) if ex else pop.params
     buffers = ex.gather(pop.buffers) if ex else pop.buffers
@@ -393,7 +434,8 @@ def evaluate(run: Run, train_loss: float, final: bool = False) -> dict[str, Any]
     m["div/pairwise_l2"] = mean_pairwise_distance(params)
     curves: dict[str, list[float]] = {}
     if final or (cfg.barrier_every and st.evals % cfg.barrier_every == 0):
-        bm, curves = _barriers(run, params, buffers, spare)
+        ends = _end_losses(run, logits["test"], params, buffers, spare)
+        bm, curves = _barriers(run, params, buffers, spare, ends, final)
         m.update(bm)
     if final:
         m.update(_greedy(run, params, buffers, spare))
@@ -413,6 +455,11 @@ def evaluate(run: Run, train_loss: float, final: bool = False) -> dict[str, Any]
         }
     )
     st.evals += 1
+    now = time.perf_counter()
+    st.eval_time_s += now - start
+    st.wall_time_s += now - run.clock
+    run.clock = now  # the wall time from the run's start, summed over resumed segments
+    m["time/eval_s"], m["time/wall_s"] = st.eval_time_s, st.wall_time_s
     return {"step": st.step, "epoch": st.epoch, "final": final, "metrics": m, "curves": curves}
 
 
@@ -455,7 +502,7 @@ def _aligned(
         logits = logits_of(model, x, run.cfg.eval_batch_size)
         out[f"{split}/acc_aligned"] = accuracy(logits, y)
         out[f"{split}/loss_aligned"] = loss(logits, y)
-    curves = _pair_curves(run, params, buffers, spare)
+    curves = _pair_curves(run, params, buffers, spare, run.cfg.barrier_points)
     pair = [barrier(c) for c in curves.values()]
     out["barrier/aligned_mean"] = sum(pair) / len(pair) if pair else 0.0
     return out, {f"aligned_{k}": c for k, c in curves.items()}
