@@ -482,8 +482,9 @@ def _check_no_credentials(c: TrainConfig) -> None:
 
 # --- presets: deltas over the default ---------------------------------------------------------
 
-# the small-model recipe of the first prototype (docs/LOG.md): SGD 0.05 cosine, uniform p with the optimizer
-# state shuffled along, no shuffle in the last 10% of steps, PAPA's pull scaled to short schedules
+# the small-model recipe of the first prototype (docs/LOG.md): SGD 0.05 cosine, uniform p with
+# the optimizer state shuffled along, no shuffle in the last 10% of steps, PAPA's pull scaled to
+# short schedules (chosen on test accuracy before the validation split existed: to be re-tuned)
 _SMALL = dict(
     lr=0.05,
     weight_decay=5e-4,
