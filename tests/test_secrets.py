@@ -132,6 +132,7 @@ def test_a_storage_password_never_leaves_the_process(tmp_path, postgres, monkeyp
     sweep.write_text(textwrap.dedent(SWEEP))
     args = ["study", str(sweep), "--out", str(out), "--storage", url, "--workers", "2"]
     args += ["--track", "mlflow,wandb", "--set", "epochs=1", "--set", "n_train=256"]
+    args += ["--set", f"out_dir={out}"]  # the output root: its MLflow store is out/mlflow.db
     monkeypatch.setattr(sys, "argv", ["wash-sweeps", *args])  # what W&B would record
     with CmdlineWatch(str(out)) as watch:
         assert main(args) == 0
