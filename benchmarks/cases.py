@@ -10,7 +10,7 @@ TensorDataset. Both start from the same initialisations and the same hyper-param
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -56,11 +56,18 @@ def case_config(case: Case, tiny: bool, **changes: Any) -> TrainConfig:
             "n_train": 512,
             **changes,
         }
-    return case.config(progress=False, device="cpu", **changes)
+    return case.config(**{"progress": False, "device": "cpu", **changes})
 
 
-def case_data(case: Case, tiny: bool) -> Data:
-    return load_data(case_config(case, tiny))
+def case_data(case: Case, tiny: bool, device: torch.device | str = "cpu") -> Data:
+    return load_data(case_config(case, tiny), device)
+
+
+def device_sync(device: torch.device | str) -> Callable[[], None]:
+    """What waits for a device's queued work before a clock is read (nothing on a CPU)."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.synchronize
+    return lambda: None
 
 
 class MemberBatches:
@@ -69,6 +76,7 @@ class MemberBatches:
 
     def __init__(self, cfg: TrainConfig, data: Data, members: Sequence[int]):
         self.cfg, self.data, self.members = cfg, data, list(members)
+        self.device = data.x_train.device
         self.per_epoch = steps_per_epoch(data.n_train, cfg.batch_size)
         self.step_no, self.epoch = 0, -1
         self.orders: list[torch.Tensor] = []
@@ -78,7 +86,8 @@ class MemberBatches:
         if i == 0:
             self.epoch += 1
             self.orders = [
-                epoch_order(self.cfg, self.data.n_train, m, self.epoch, "cpu") for m in self.members
+                epoch_order(self.cfg, self.data.n_train, m, self.epoch, self.device)
+                for m in self.members
             ]
         self.step_no += 1
         return [batch(self.data, o, i, self.cfg.batch_size) for o in self.orders]
@@ -89,7 +98,7 @@ class ProjectLoop:
 
     def __init__(self, cfg: TrainConfig, data: Data):
         self.cfg = cfg
-        self.pop = Population(cfg, data.in_shape, data.n_classes, "cpu")
+        self.pop = Population(cfg, data.in_shape, data.n_classes, data.x_train.device)
         self.data = MemberBatches(cfg, data, self.pop.members)
         self.step_no = 0
 
@@ -103,11 +112,12 @@ class NaiveLoop:
 
     def __init__(self, cfg: TrainConfig, data: Data):
         self.models, self.opts, self.loaders = [], [], []
-        dataset = TensorDataset(data.x_train, data.y_train)
+        self.device = data.x_train.device  # on a GPU: DataLoader batches moved there, as usual
+        dataset = TensorDataset(data.x_train.cpu(), data.y_train.cpu())
         for m in range(cfg.n_members):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seeding.derive(cfg.seed, seeding.INIT, m))
-                model = build_model(cfg, data.in_shape, data.n_classes)
+                model = build_model(cfg, data.in_shape, data.n_classes).to(self.device)
             self.models.append(model)
             self.opts.append(
                 torch.optim.SGD(
@@ -127,10 +137,11 @@ class NaiveLoop:
 
     def _next(self, m: int) -> tuple[torch.Tensor, torch.Tensor]:
         try:
-            return next(self.iters[m])
+            x, y = next(self.iters[m])
         except StopIteration:  # a new epoch: the DataLoader reshuffles
             self.iters[m] = iter(self.loaders[m])
-            return next(self.iters[m])
+            x, y = next(self.iters[m])
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def step(self) -> None:
         for m, (model, opt) in enumerate(zip(self.models, self.opts, strict=True)):

@@ -17,7 +17,7 @@ from typing import Any
 
 from wash_sweeps.methods import LocalExchange, Papa, Wash
 
-from .cases import CASES, MemberBatches, ProjectLoop, case_config, case_data
+from .cases import CASES, MemberBatches, ProjectLoop, case_config, case_data, device_sync
 from .timing import interleaved, median, paired_ratio
 
 PS = (1e-4, 1e-3, 1e-2, 1e-1)
@@ -36,13 +36,14 @@ def _counter(fn: Callable[[int, float], int]) -> Callable[[], None]:
 
 
 def bench_case(
-    name: str, n: int, tiny: bool, repeats: int, block_s: float, warmup: int
+    name: str, n: int, tiny: bool, repeats: int, block_s: float, warmup: int, device: str = "cpu"
 ) -> dict[str, Any]:
     case = CASES[name]
-    data = case_data(case, tiny)
+    data = case_data(case, tiny, device)
     cfg = case_config(
         case,
         tiny,
+        device=device,
         method="wash",
         n_members=n,
         layer_schedule="uniform",
@@ -60,9 +61,10 @@ def bench_case(
     fns["papa_sync"] = lambda: papa.after_step(cfg.papa_every - 1, 1.0)
     fns["data"] = MemberBatches(cfg, data, loop.pop.members).next
     # a PAPA block holds whole periods, so its mean is the amortised cost per step
-    calls = {"step": 1} if case.big else {}
-    calls["papa"] = cfg.papa_every * (1 if case.big else 20)
-    s = interleaved(fns, repeats, block_s, warmup=warmup, calls=calls)
+    slow = case.big and device == "cpu"  # a CPU ResNet step takes seconds
+    calls = {"step": 1} if slow else {}
+    calls["papa"] = cfg.papa_every * (1 if slow else 20)
+    s = interleaved(fns, repeats, block_s, warmup=warmup, calls=calls, sync=device_sync(device))
 
     def pct(key: str) -> float:
         return 100.0 * paired_ratio(s[key], s["step"])
@@ -89,13 +91,12 @@ def bench_case(
 
 
 def bench_comm(
-    models: Sequence[str], n: int, tiny: bool, repeats: int, block_s: float
+    models: Sequence[str], n: int, tiny: bool, repeats: int, block_s: float, device: str = "cpu"
 ) -> list[dict[str, Any]]:
     out = []
     for m in models:
-        big = CASES[m].big
         # a CPU ResNet-18 step takes seconds: a few one-step repeats, one warm-up step
-        out.append(
-            bench_case(m, n, tiny, min(repeats, 3) if big else repeats, block_s, 1 if big else 2)
-        )
+        big = CASES[m].big and device == "cpu"
+        reps, warmup = (min(repeats, 3), 1) if big else (repeats, 2)
+        out.append(bench_case(m, n, tiny, reps, block_s, warmup, device))
     return out

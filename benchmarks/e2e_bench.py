@@ -108,15 +108,15 @@ def demo_measured(workdir: Path) -> dict[str, Any]:
     }
 
 
-def bench_e2e(tiny: bool, full: bool, workdir: Path) -> dict[str, Any]:
+def bench_e2e(tiny: bool, full: bool, workdir: Path, device: str = "cpu") -> dict[str, Any]:
     if tiny:
         return {
-            "run": bench_run("tiny", 2, workdir, **_TINY),
-            "demo": demo_extrapolated("tiny", 1, 4, 40, workdir, **_TINY),
+            "run": bench_run("tiny", 2, workdir, device=device, **_TINY),
+            "demo": demo_extrapolated("tiny", 1, 4, 40, workdir, device=device, **_TINY),
         }
     return {
-        "run": bench_run("mnist1d-fast", 3, workdir),
+        "run": bench_run("mnist1d-fast", 3, workdir, device=device),
         "demo": demo_measured(workdir)
         if full
-        else demo_extrapolated("mnist1d-fast", 1, 3, 40, workdir),
+        else demo_extrapolated("mnist1d-fast", 1, 3, 40, workdir, device=device),
     }

@@ -5,10 +5,13 @@ and communicates, measured side by side (warm-up, interleaved repeats, medians o
     wash-sweeps bench --tiny                # seconds: what CI runs (numbers not meaningful)
     wash-sweeps bench --full                # + ResNet-18/20 steps, the demo run once (long)
     wash-sweeps bench --only comm --out bench.json
+    wash-sweeps bench --device cuda --only gpu --out gpu.json   # the GPU section (gpu/smoke.sh)
 
 Sections: step (project vs naive loop, N in {1,2,5,10}), comm (shuffle, PAPA, data as % of a
 step), e2e (samples/s, demo time), distributed (gloo exchange), threads (the thread policy with
-the cores free and shared with 2 busy processes; each policy in its own subprocess). The table
+the cores free and shared with 2 busy processes; each policy in its own subprocess), gpu (the
+paper's setting on `--device`: population images/s vs a PAPA-code-style loop, WASH/PAPA cost as
+% of a step, a short CIFAR-shaped training run; by default only on a GPU). The table
 ends with PASS/MISS for every target of issues 7 and 15; the JSON holds every number and the
 machine it was measured on.
 """
@@ -28,7 +31,8 @@ import torch
 
 from . import report
 
-SECTIONS = ("step", "comm", "e2e", "distributed", "threads")
+SECTIONS = ("step", "comm", "e2e", "distributed", "threads", "gpu")
+DEFAULT_SECTIONS = SECTIONS[:-1]  # `gpu` when asked (--only gpu), or by default on a GPU
 
 
 def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
@@ -46,6 +50,12 @@ def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads, 0 = torch default")
     p.add_argument(
         "--workdir", default=None, help="where the e2e runs write (default: a temporary dir)"
+    )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu | cuda | cuda:K | auto: where step, comm, e2e and gpu train (distributed and "
+        "threads stay on the CPU)",
     )
 
 
@@ -81,22 +91,29 @@ def meta(s: dict[str, Any]) -> dict[str, Any]:
 def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """Every requested section; the result dict that the table and the JSON are made from."""
     s = _settings(args)
-    only = set(args.only or SECTIONS)
-    res: dict[str, Any] = {"meta": meta(s)}
+    device = _device(args.device)
+    only = set(args.only or (SECTIONS if device.startswith("cuda") else DEFAULT_SECTIONS))
+    res: dict[str, Any] = {"meta": {**meta(s), "device": device}}
     if "step" in only:
         from .step_bench import bench_steps
 
-        res["step"] = bench_steps(s["models"], s["ns"], args.tiny, s["repeats"], s["block_s"])
+        res["step"] = bench_steps(
+            s["models"], s["ns"], args.tiny, s["repeats"], s["block_s"], device
+        )
     if "comm" in only:
         from .comm_bench import bench_comm
 
         res["comm"] = bench_comm(
-            s["comm_models"], s["comm_n"], args.tiny, s["repeats"], s["block_s"]
+            s["comm_models"], s["comm_n"], args.tiny, s["repeats"], s["block_s"], device
         )
     if "e2e" in only:
         from .e2e_bench import bench_e2e
 
-        res["e2e"] = bench_e2e(args.tiny, args.full, workdir)
+        res["e2e"] = bench_e2e(args.tiny, args.full, workdir, device)
+    if "gpu" in only:
+        from .gpu_bench import bench_gpu
+
+        res["gpu"] = bench_gpu(device, args.tiny, min(s["repeats"], 5), s["block_s"] * 2, workdir)
     if "distributed" in only:
         from .distributed_bench import bench_distributed
 
@@ -108,6 +125,15 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         res["threads"] = bench_threads(models, args.tiny, 1 if args.tiny else 4, s["block_s"] * 8)
     res["targets"] = report.targets(res)
     return res
+
+
+def _device(name: str) -> str:
+    """The benchmark's device, resolved like a run's (one line for a bad or absent one)."""
+    from wash_sweeps.config import TrainConfig
+    from wash_sweeps.train import resolve_device
+
+    TrainConfig(device=name)  # its one-line check of the value
+    return str(resolve_device(name))
 
 
 def run(command: str, args: argparse.Namespace) -> int:

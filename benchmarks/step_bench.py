@@ -11,21 +11,21 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .cases import CASES, NaiveLoop, ProjectLoop, case_config, case_data
+from .cases import CASES, NaiveLoop, ProjectLoop, case_config, case_data, device_sync
 from .timing import interleaved, median, paired_ratio
 
 
 def bench_case(
-    name: str, ns: Sequence[int], tiny: bool, repeats: int, block_s: float
+    name: str, ns: Sequence[int], tiny: bool, repeats: int, block_s: float, device: str = "cpu"
 ) -> dict[str, Any]:
     case = CASES[name]
-    data = case_data(case, tiny)
+    data = case_data(case, tiny, device)
     fns: dict[str, Callable[[], None]] = {}
     for n in ns:
-        cfg = case_config(case, tiny, method="independent", n_members=n)
+        cfg = case_config(case, tiny, method="independent", n_members=n, device=device)
         fns[f"project/{n}"] = ProjectLoop(cfg, data).step
         fns[f"naive/{n}"] = NaiveLoop(cfg, data).step
-    s = interleaved(fns, repeats, block_s)
+    s = interleaved(fns, repeats, block_s, sync=device_sync(device))
     per_member = {k: [t / int(k.split("/")[1]) for t in v] for k, v in s.items()}
     rows = [
         {
@@ -49,6 +49,11 @@ def bench_case(
 
 
 def bench_steps(
-    models: Sequence[str], ns: Sequence[int], tiny: bool, repeats: int, block_s: float
+    models: Sequence[str],
+    ns: Sequence[int],
+    tiny: bool,
+    repeats: int,
+    block_s: float,
+    device: str = "cpu",
 ) -> list[dict[str, Any]]:
-    return [bench_case(m, ns, tiny, repeats, block_s) for m in models]
+    return [bench_case(m, ns, tiny, repeats, block_s, device) for m in models]

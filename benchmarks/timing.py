@@ -33,14 +33,19 @@ def interleaved(
     block_s: float,
     warmup: int = 2,
     calls: Mapping[str, int] | None = None,
+    sync: Callable[[], object] = lambda: None,
 ) -> dict[str, list[float]]:
     """Seconds per call of each function, one sample per repeat, measured round-robin.
 
     `calls` fixes the block length of some functions (e.g. a multiple of PAPA's period so that a
-    block holds whole periods); the others are calibrated to `block_s`.
+    block holds whole periods); the others are calibrated to `block_s`. `sync` waits for queued
+    device work (torch.cuda.synchronize on a GPU): called before and after every timed block,
+    so a block's time is its work, not its launches.
     """
     calls = dict(calls or {})
-    inner = {k: calls.get(k) or calibrate(fn, block_s, warmup) for k, fn in fns.items()}
+    inner = {
+        k: calls.get(k) or calibrate(_synced(fn, sync), block_s, warmup) for k, fn in fns.items()
+    }
     for k in calls:  # fixed-length blocks still need their warm-up
         for _ in range(warmup):
             fns[k]()
@@ -49,11 +54,21 @@ def interleaved(
     for r in range(repeats):
         for k in names[r % len(names) :] + names[: r % len(names)]:
             fn, n = fns[k], inner[k]
+            sync()
             start = time.perf_counter()
             for _ in range(n):
                 fn()
+            sync()
             samples[k].append((time.perf_counter() - start) / n)
     return samples
+
+
+def _synced(fn: Callable[[], object], sync: Callable[[], object]) -> Callable[[], None]:
+    def call() -> None:
+        fn()
+        sync()
+
+    return call
 
 
 def median(xs: Sequence[float]) -> float:

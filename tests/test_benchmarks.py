@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -62,3 +66,24 @@ def test_bench_tiny_writes_every_section(tmp_path, capsys):
     assert any("speedup over naive" in n for n in names)
     table = capsys.readouterr().out
     assert report.format_table(res) in table and ("PASS" in table or "MISS" in table)
+
+
+@pytest.mark.slow
+def test_gpu_smoke_quick_runs_end_to_end_on_the_cpu(tmp_path):
+    """gpu/smoke.sh --quick: the GPU benchmark and the short CIFAR-shaped training run go
+    through on a CPU (tiny sizes) and leave their numbers in files."""
+    repo = Path(__file__).resolve().parent.parent
+    out = tmp_path / "smoke"
+    env = {**os.environ, "PYTHON": sys.executable}
+    cmd = ["bash", str(repo / "gpu" / "smoke.sh"), "--quick", "--device", "cpu", "--out", str(out)]
+    done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    res = json.loads((out / "gpu.json").read_text())
+    g = res["gpu"]
+    assert g["device"] == "cpu" and set(g) >= {"throughput", "overheads", "train_run"}
+    assert all(r["images_per_s"] > 0 for r in g["throughput"]["rows"].values())
+    assert "papa_style" in g["throughput"]["rows"]
+    assert set(g["overheads"]["pct_of_step"]) == {"wash_prefetched", "wash_inline", "papa"}
+    assert g["train_run"]["train_images_per_s"] > 0 and g["train_run"]["precision"] == "bf16"
+    assert "gpu on cpu" in (out / "gpu.txt").read_text()
+    assert (out / "times.txt").read_text().splitlines()[-1].startswith("total ")
