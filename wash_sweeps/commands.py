@@ -98,14 +98,14 @@ def _train(args: argparse.Namespace) -> int:
         if summary is None:  # not rank 0
             return 0
     else:
-        from .tracking import make_tracker
-        from .train import train_and_evaluate
+        from .launch import run_one
 
-        tracker = None
-        if args.mlflow_parent:
-            tracker = make_tracker(cfg, cfg.run_dir(workdir), args.mlflow_parent, resume=resume)
-        summary = train_and_evaluate(
-            cfg, workdir, tracker=tracker, resume=resume, overwrite=args.overwrite
+        summary = run_one(
+            cfg,
+            cfg.run_dir(workdir),
+            resume=resume,
+            overwrite=args.overwrite,
+            mlflow_parent=args.mlflow_parent,
         )
     print(format_summary(summary))
     return 0

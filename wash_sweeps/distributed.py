@@ -423,6 +423,7 @@ def run_torchrun(
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     mlflow_parent_run_id: str | None = None,
     poll_s: float = 0.5,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Run one distributed training of `cfg` under torchrun as a subprocess (what a sweep trial
     does) and return its summary.json. `resume`: continue the checkpoint in `workdir` (written
@@ -432,7 +433,8 @@ def run_torchrun(
     (read as it grows, every `poll_s` s). If it raises (a pruned trial), the job is stopped
     (SIGTERM to its process group, SIGKILL 30 s later), its MLflow run is marked KILLED, and the
     exception is re-raised. The job's output goes to `<workdir>/torchrun.log`; a failed job
-    raises TorchrunFailure with its last error line."""
+    raises TorchrunFailure with its last error line. `overwrite`: replace a finished run or a
+    run of another config in `workdir`."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     fd, cfg_path = tempfile.mkstemp(dir=workdir, prefix=".launch-", suffix=".yaml")
@@ -443,6 +445,8 @@ def run_torchrun(
     )
     if mlflow_parent_run_id:
         args += ["--mlflow-parent", mlflow_parent_run_id]
+    if overwrite:
+        args.append("--overwrite")
     cmd = torchrun_command(nproc, ["train", "--distributed", *args])
     full_env = {**os.environ, **(env or {})}
     if timeout_s is not None:

@@ -165,9 +165,8 @@ def _run_one(
     """Train one proposal (or skip it as a duplicate); return its record."""
     from sweeps import RunState, SweepRun
 
-    from .distributed import run_torchrun
     from .errors import RunFailure
-    from .train import train_and_evaluate
+    from .launch import run_one
 
     name = f"run-{index}"
     key = _key(spec, values)
@@ -182,21 +181,9 @@ def _run_one(
     state, summary, note = "failed", {}, ""
     try:
         cfg = spec.resolve({k: v for k, v in values.items() if k in _swept(spec)})
-        tracks = [t for t in cfg.track.split(",") if t.strip()]
-        cfg = cfg.replace(
-            track=",".join(dict.fromkeys([*tracks, "wandb"])),
-            wandb_mode="offline",
-            group=spec.name,
-            job_type="sweep",
-            run_name=name,
-            out_dir=str(out / "runs"),
-            progress=False,
-        )
+        cfg = _sweep_run_config(spec, cfg, out, name, wandb_mode="offline")
         watch = _watch(spec, config, runs, current)
-        if nproc > 1:  # a torchrun job, followed through its metrics.jsonl
-            summary = run_torchrun(cfg, nproc, run_dir, on_epoch=watch)
-        else:
-            summary = train_and_evaluate(cfg, run_dir, on_epoch=watch)
+        summary = run_one(cfg, run_dir, nproc=nproc, on_epoch=watch)
         state = "finished"
     except StopRun as e:
         state, note = "stopped", str(e)
@@ -218,6 +205,23 @@ def _run_one(
         flush=True,
     )
     return record
+
+
+def _sweep_run_config(
+    spec: SweepSpec, cfg: TrainConfig, out: Path, name: str, wandb_mode: str
+) -> TrainConfig:
+    """A sweep run's config: logged to W&B (beside the trackers it names), in the sweep's group,
+    written to `<out>/runs/<name>`."""
+    tracks = [t for t in cfg.track.split(",") if t.strip()]
+    return cfg.replace(
+        track=",".join(dict.fromkeys([*tracks, "wandb"])),
+        wandb_mode=wandb_mode,
+        group=spec.name,
+        job_type="sweep",
+        run_name=name,
+        out_dir=str(out / "runs"),
+        progress=False,
+    )
 
 
 def _watch(spec: SweepSpec, config: dict[str, Any], runs: list[Any], current: Any):
@@ -305,8 +309,7 @@ def online_sweep(spec: SweepSpec, args: argparse.Namespace) -> int:
 def agent_run(spec: SweepSpec, out: Path, assignments: list[str], nproc: int = 1) -> int:
     """One run proposed by a W&B agent (`key=value` arguments); logs online to the sweep.
     `nproc` > 1: a torchrun job, whose rank 0 joins the agent's run (WANDB_RUN_ID is inherited)."""
-    from .distributed import run_torchrun
-    from .train import train_and_evaluate
+    from .launch import run_one
 
     values = {}
     for a in assignments:
@@ -317,21 +320,9 @@ def agent_run(spec: SweepSpec, out: Path, assignments: list[str], nproc: int = 1
             values[k] = check_field(k, v)
         elif k not in spec.base:
             raise ConfigError(f"--agent-run: {k!r} is not a parameter of {spec.path}")
-    cfg = spec.resolve(values)
-    tracks = [t for t in cfg.track.split(",") if t.strip()]
+    name = os.environ.get("WANDB_RUN_ID", "") or f"agent-{os.getpid()}"
     mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
-    cfg = cfg.replace(
-        track=",".join(dict.fromkeys([*tracks, "wandb"])),
-        wandb_mode=mode,
-        group=spec.name,
-        job_type="sweep",
-        out_dir=str(out / "runs"),
-        run_name=os.environ.get("WANDB_RUN_ID", "") or f"agent-{os.getpid()}",
-        progress=False,
-    )
-    if nproc > 1:
-        summary = run_torchrun(cfg, nproc, Path(cfg.out_dir) / cfg.run_name)
-    else:
-        summary = train_and_evaluate(cfg)
+    cfg = _sweep_run_config(spec, spec.resolve(values), out, name, wandb_mode=mode)
+    summary = run_one(cfg, cfg.run_dir(), nproc=nproc)
     print(f"{spec.metric}={summary[spec.metric]:.4f} run dir {summary['run_dir']}")
     return 0
