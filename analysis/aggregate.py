@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from wash_sweeps.config import RUN_CONTROL, coerce, parse_overrides
-from wash_sweeps.results import iter_jsonl, read_json, write_json
+from wash_sweeps.results import RunFiles, read_json, write_json
 
 KEY_COLUMNS = ["run", "label", "method", "n_members", "p", "layer_schedule",
                "shuffle_optimizer_state", "seed", "epochs"]  # fmt: skip
@@ -63,7 +63,7 @@ def load_runs(
     root = Path(root)
     wanted = {k: coerce(k, v) for k, v in (where or {}).items()}
     runs, seen = [], set()
-    for summary_path in sorted(root.rglob("summary.json")):
+    for summary_path in sorted(root.rglob(RunFiles.SUMMARY)):
         if only is not None and str(summary_path.parent.relative_to(root)) not in only:
             continue
         summary = read_json(summary_path)
@@ -83,7 +83,7 @@ def load_runs(
                 "path": path,
                 "config": cfg,
                 "summary": summary,
-                "history": list(iter_jsonl(path / "metrics.jsonl")),
+                "history": RunFiles(path).metrics(),
             }
         )
     return runs

@@ -27,6 +27,7 @@ import yaml
 
 from .config import ConfigError, TrainConfig
 from .errors import RunFailure
+from .results import RunFiles
 from .sweep_spec import dvc_grid, load_spec
 
 # everything below this line of params.yaml is written by `wash-sweeps dvc-params`
@@ -136,7 +137,7 @@ def train_one(cfg: TrainConfig) -> dict[str, Any]:
     run_dir = cfg.run_dir()
     start = time.perf_counter()
     try:
-        resume = (run_dir / "checkpoint.pt").exists()
+        resume = RunFiles(run_dir).has_checkpoint()
         summary = train_and_evaluate(cfg.replace(progress=False), resume=resume)
     except (ConfigError, RunFailure, ValueError) as e:
         return {"run": run_dir.name, "error": str(e).splitlines()[0]}
@@ -168,9 +169,8 @@ def _grid(args: argparse.Namespace) -> int:
 def finished(cfg: TrainConfig) -> bool:
     """Whether the run directory of `cfg` holds a finished run of this very config (read in
     the parent: no worker process, no torch import for a run that is already done)."""
-    path = cfg.run_dir() / "summary.json"
     try:
-        summary = json.loads(path.read_text())
+        summary = RunFiles(cfg.run_dir()).summary() or {}
         same = TrainConfig.from_dict(summary["config"]).result_config() == cfg.result_config()
     except (OSError, ValueError, KeyError, TypeError):
         return False

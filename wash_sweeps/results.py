@@ -141,16 +141,41 @@ def provenance(device: torch.device, seeds: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class RunDir:
+class RunFiles:
+    """The layout of a run directory, named in this one place, and the read-only way to open
+    one (nothing is created or written): `RunFiles(path).summary()`, `.metrics()`."""
+
+    CONFIG, METRICS, SUMMARY = "config.json", "metrics.jsonl", "summary.json"
+    CHECKPOINT, AVERAGED, TRACKERS = "checkpoint.pt", "averaged.pt", "trackers.json"
+
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
 
-    config_path = property(lambda self: self.path / "config.json")
-    metrics_path = property(lambda self: self.path / "metrics.jsonl")
-    summary_path = property(lambda self: self.path / "summary.json")
-    checkpoint_path = property(lambda self: self.path / "checkpoint.pt")
-    averaged_path = property(lambda self: self.path / "averaged.pt")
+    config_path = property(lambda self: self.path / self.CONFIG)
+    metrics_path = property(lambda self: self.path / self.METRICS)
+    summary_path = property(lambda self: self.path / self.SUMMARY)
+    checkpoint_path = property(lambda self: self.path / self.CHECKPOINT)
+    averaged_path = property(lambda self: self.path / self.AVERAGED)
+    trackers_path = property(lambda self: self.path / self.TRACKERS)
+
+    def summary(self) -> dict[str, Any] | None:
+        """The finished run's summary, or None when the run has not finished (no summary.json)."""
+        return read_json(self.summary_path) if self.summary_path.is_file() else None
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """Every evaluation record so far (empty before the first)."""
+        return list(iter_jsonl(self.metrics_path)) if self.metrics_path.is_file() else []
+
+    def has_checkpoint(self) -> bool:
+        return self.checkpoint_path.is_file()
+
+
+class RunDir(RunFiles):
+    """A run directory being written (created on opening)."""
+
+    def __init__(self, path: str | Path):
+        super().__init__(path)
+        self.path.mkdir(parents=True, exist_ok=True)
 
     def write_config(self, config: dict[str, Any], derived: dict[str, Any]) -> None:
         write_json(self.config_path, {"config": config, "derived": derived})
