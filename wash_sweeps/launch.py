@@ -15,10 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from . import distributed, train
 from .config import TrainConfig
-from .distributed import run_torchrun
 from .tracking import Tracker, make_tracker
-from .train import OnEpoch, train_and_evaluate
+from .train import OnEpoch
 
 
 def run_one(
@@ -41,7 +41,7 @@ def run_one(
     if nproc > 1:
         if tracker is not None:
             raise ValueError("run_one: a torchrun job opens its trackers itself (no tracker=)")
-        return run_torchrun(
+        return distributed.run_torchrun(
             cfg,
             nproc,
             run_dir,
@@ -52,6 +52,7 @@ def run_one(
         )
     if tracker is None and mlflow_parent:
         tracker = make_tracker(cfg, run_dir, mlflow_parent, resume=resume)
-    return train_and_evaluate(
+    # looked up at each call, so a test can stand in for the training
+    return train.train_and_evaluate(
         cfg, run_dir, tracker=tracker, on_epoch=on_epoch, resume=resume, overwrite=overwrite
     )
