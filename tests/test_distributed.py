@@ -21,7 +21,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from wash_sweeps.config import ConfigError, TrainConfig
-from wash_sweeps.distributed import DistributedExchange, member_slices, run_torchrun
+from wash_sweeps.distributed import (
+    DistributedExchange,
+    member_slices,
+    process_placement,
+    run_torchrun,
+)
 from wash_sweeps.methods import LocalExchange
 from wash_sweeps.shuffle import Segment, draw_plan
 from wash_sweeps.train import train_and_evaluate
@@ -178,9 +183,7 @@ def _dying_worker(rank: int, world: int, init_file: str, cfg: TrainConfig, out: 
         train_and_evaluate(
             cfg,
             Path(out) / "run",
-            exchange=ex,
-            members=ex.members,
-            writer=rank == 0,
+            placement=process_placement(ex),
             on_epoch=die if rank == 0 else None,
         )
         Path(out, f"rank{rank}.txt").write_text("finished")
@@ -314,13 +317,13 @@ def test_torchrun_job_is_followed_pruned_and_resumed(tmp_path, monkeypatch):
 def test_metrics_tail_survives_a_resume_replacing_the_file(tmp_path):
     """A resumed job replaces metrics.jsonl by a truncated copy, then appends: the follower
     reports only epochs it has not seen, whatever the new file's size, and never a half line."""
-    from wash_sweeps.distributed import _MetricsTail
+    from wash_sweeps.distributed import MetricsTail
     from wash_sweeps.results import RunDir
 
     run = RunDir(tmp_path)
     for e in (1, 2, 3):
         run.append_metrics({"epoch": e, "step": 10 * e, "metrics": {"m": e}})
-    tail = _MetricsTail(run.metrics_path)  # a resumed job: epochs 1-3 were reported before
+    tail = MetricsTail(run.metrics_path)  # a resumed job: epochs 1-3 were reported before
     assert tail.new() == []
     run.truncate_metrics(20)  # checkpoint at epoch 2: epoch 3 is redone
     run.append_metrics({"epoch": 3, "step": 30, "metrics": {"m": 3, "longer": "x" * 50}})

@@ -188,13 +188,13 @@ def test_fp16_scaler_steps_normally_and_skips_an_overflow():
 @pytest.mark.parametrize("device", ["cpu", "auto"])
 def test_fp16_on_a_cpu_is_one_line(tmp_path, device):
     from wash_sweeps.config import ConfigError
-    from wash_sweeps.train import setup
+    from wash_sweeps.train import Placement, setup
 
     if device == "auto" and torch.cuda.is_available():
         pytest.skip("auto resolves to CUDA here")
     with pytest.raises(ConfigError, match=r"^precision='fp16': needs a CUDA device") as e:
         cfg = TrainConfig.from_preset("tiny", precision="fp16", device=device)
-        setup(cfg, tmp_path / "run", None, writer=False)
+        setup(cfg, tmp_path / "run", None, Placement.local(cfg.n_members, writes=False))
     assert "\n" not in str(e.value)
 
 

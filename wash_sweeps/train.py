@@ -28,7 +28,7 @@ from .averaging import greedy_soup, load_into, reestimate_bn, uniform_soup
 from .config import ConfigError, TrainConfig
 from .data import Data, augment_batch, batch, epoch_order, load_data, steps_per_epoch
 from .errors import RunFailure
-from .methods import Exchange, Method, dp_sgd_bytes_per_step, make_method
+from .methods import Exchange, LocalExchange, Method, dp_sgd_bytes_per_step, make_method
 from .metrics import (
     accuracy,
     barrier,
@@ -94,14 +94,48 @@ class State:
     wall_time_s: float = 0.0  # seconds from the run's start to its last evaluation (all segments)
 
 
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Which members this process trains and how it reaches the others. By default
+    (`Placement.local`) the whole population is here; a distributed run gives each process a
+    slice, the transport between them, and one writing process (see `distributed`)."""
+
+    exchange: Exchange
+    members: list[int]
+    writes: bool = True  # this process writes the run directory and talks to the trackers
+    shared: bool = False  # other processes train the rest: every process goes through each step
+    checkpoint: dict[str, Any] | None = None  # a shared resume: read once, sent to every process
+
+    @classmethod
+    def local(cls, n_members: int, writes: bool = True) -> Placement:
+        return cls(LocalExchange(n_members), list(range(n_members)), writes)
+
+
+class SilentRunDir:
+    """The run directory of a process that does not write one (the other ranks of a distributed
+    run), as nanoGPT's rank-0 logging: every write is dropped."""
+
+    def write_config(self, config: dict[str, Any], derived: dict[str, Any]) -> None:
+        pass
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        pass
+
+    def truncate_metrics(self, last_step: int) -> None:
+        pass
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        pass
+
+
 @dataclasses.dataclass
 class Run:
     cfg: TrainConfig
     data: Data
     pop: Population
     method: Method
-    exchange: Exchange | None
-    run_dir: RunDir | None  # None on processes that do not write results
+    placement: Placement
+    run_dir: RunDir | SilentRunDir
     tracker: Tracker
     device: torch.device
     per_epoch: int
@@ -118,9 +152,7 @@ def setup(
     cfg: TrainConfig,
     workdir: str | Path | None,
     tracker: Tracker | None,
-    exchange: Exchange | None = None,
-    members: list[int] | None = None,
-    writer: bool = True,
+    placement: Placement,
     resume: bool = False,
 ) -> Run:
     start = time.perf_counter()  # the run's wall time includes loading the data
@@ -128,17 +160,29 @@ def setup(
     device = resolve_device(cfg.device)
     check_precision(cfg.precision, device.type)
     data = load_data(cfg, device)
-    pop = Population(cfg, data.in_shape, data.n_classes, device, members)
+    pop = Population(cfg, data.in_shape, data.n_classes, device, placement.members)
     per_epoch = steps_per_epoch(data.n_train, cfg.batch_size)
     total = per_epoch * cfg.epochs
-    method = make_method(cfg, pop, exchange, total)
-    run_dir = RunDir(cfg.run_dir(workdir)) if writer else None
-    if tracker is None:
-        tracker = make_tracker(cfg, run_dir.path, resume=resume) if run_dir else Tracker()
+    method = make_method(cfg, pop, placement.exchange, total)
+    run_dir, tracker = _outputs(cfg, workdir, tracker, placement.writes, resume)
     return Run(
-        cfg, data, pop, method, exchange, run_dir, tracker, device, per_epoch, total, State(),
+        cfg, data, pop, method, placement, run_dir, tracker, device, per_epoch, total, State(),
         threads, start,
     )  # fmt: skip
+
+
+def _outputs(
+    cfg: TrainConfig,
+    workdir: str | Path | None,
+    tracker: Tracker | None,
+    writes: bool,
+    resume: bool,
+) -> tuple[RunDir | SilentRunDir, Tracker]:
+    """The run directory and the trackers; their do-nothing twins on a process that does not
+    write."""
+    if tracker is None:
+        tracker = make_tracker(cfg, cfg.run_dir(workdir), resume=resume) if writes else Tracker()
+    return (RunDir(cfg.run_dir(workdir)) if writes else SilentRunDir()), tracker
 
 
 def derived(run: Run) -> dict[str, Any]:
@@ -165,9 +209,9 @@ def population_state(run: Run) -> dict[str, Any] | None:
     """Every member's state in member order. Distributed, the rows are gathered through the
     exchange (a collective: every process calls it) and only the writing process gets them."""
     local = run.pop.state_dict()
-    ex = run.exchange
-    if ex is None:
+    if len(local["members"]) == run.cfg.n_members:  # every member is here: nothing to gather
         return local
+    ex = run.placement.exchange
     ints = local["int_buffers"]
     params = ex.gather(local["params"])
     buffers = ex.gather(local["buffers"])
@@ -397,11 +441,10 @@ def _pair_curves(
 def _member_logits(run: Run) -> dict[str, torch.Tensor | None]:
     """Every member's logits per split, (N, n, C), gathered to the logging process (None
     elsewhere): a collective when distributed."""
-    bs, ex = run.cfg.eval_batch_size, run.exchange
+    bs, ex = run.cfg.eval_batch_size, run.placement.exchange
     out = {}
     for split, (x, _) in _splits(run).items():
-        local = torch.stack([logits_of(m, x, bs) for m in run.pop.models])
-        out[split] = ex.gather(local) if ex else local
+        out[split] = ex.gather(torch.stack([logits_of(m, x, bs) for m in run.pop.models]))
     return out
 
 
@@ -410,11 +453,10 @@ def evaluate(run: Run, train_loss: float, final: bool = False) -> dict[str, Any]
     (`val/`) and test (`test/`); diversity and barriers on test. Returns the record (None on
     processes that do not hold the gathered population)."""
     cfg, st, pop = run.cfg, run.state, run.pop
-    ex = run.exchange
+    ex = run.placement.exchange
     start = time.perf_counter()
     logits = _member_logits(run)
-    params = ex.gather(pop.params) if ex else pop.params
-    buffers = ex.gather(pop.buffers) if ex else pop.buffers
+    params, buffers = ex.gather(pop.params), ex.gather(pop.buffers)
     if logits["test"] is None:  # not the logging process
         return None
     spare = pop.new_model()
@@ -514,8 +556,7 @@ def _aligned(
 def _record(run: Run, record: dict[str, Any] | None, on_epoch: OnEpoch | None) -> None:
     if record is None:
         return
-    if run.run_dir:
-        run.run_dir.append_metrics(record)
+    run.run_dir.append_metrics(record)
     run.tracker.log_metrics(record["metrics"], record["step"])
     if record["curves"]:
         run.tracker.log_curves(record["curves"], record["step"])
@@ -523,7 +564,7 @@ def _record(run: Run, record: dict[str, Any] | None, on_epoch: OnEpoch | None) -
 
 def _save(run: Run) -> dict[str, Any] | None:
     ckpt = checkpoint_state(run)  # every process: distributed, this gathers the population
-    if run.run_dir and ckpt is not None:
+    if ckpt is not None:
         run.run_dir.save_checkpoint(ckpt)
     return ckpt
 
@@ -556,35 +597,29 @@ def _finish(run: Run, record: dict[str, Any], population: dict[str, Any]) -> dic
 def train_and_evaluate(
     cfg: TrainConfig,
     workdir: str | Path | None = None,
+    *,
     tracker: Tracker | None = None,
     on_epoch: OnEpoch | None = None,
     resume: bool = False,
-    exchange: Exchange | None = None,
-    members: list[int] | None = None,
-    writer: bool = True,
-    checkpoint: dict[str, Any] | None = None,
     overwrite: bool = False,
+    placement: Placement | None = None,
 ) -> dict[str, Any]:
     """Train the population of `cfg`, evaluate it, and return the final summary.
 
     A fresh run refuses a directory holding a finished run or a run of another config
-    (ConfigError) unless `overwrite`.
-
-    `exchange`/`members`/`writer`/`checkpoint` are for torch.distributed (one slice of members
-    per process, one writing process, a resume checkpoint read once and sent to every process);
-    the defaults hold the whole population here.
+    (ConfigError) unless `overwrite`. `placement`: this process's share of a distributed run
+    (see `Placement`); by default the whole population is trained here.
     """
-    if resume and writer and exchange is None and checkpoint is None:
+    placement = placement or Placement.local(cfg.n_members)
+    if resume and not placement.shared:
         done = _finished_summary(cfg, workdir)
         if done is not None:
             return done  # already finished: nothing to redo, no tracker run reopened
     # one writer per run directory at a time (the other processes of a distributed run write none)
-    with exclusive(cfg.run_dir(workdir)) if writer else contextlib.nullcontext():
-        if writer and checkpoint is None:
+    with exclusive(cfg.run_dir(workdir)) if placement.writes else contextlib.nullcontext():
+        if placement.writes and placement.checkpoint is None:
             _claim(cfg, workdir, resume, overwrite)
-        return _train(
-            cfg, workdir, tracker, on_epoch, resume, exchange, members, writer, checkpoint
-        )
+        return _train(cfg, workdir, tracker, on_epoch, resume, placement)
 
 
 def _claim(cfg: TrainConfig, workdir: str | Path | None, resume: bool, overwrite: bool) -> None:
@@ -601,30 +636,25 @@ def _train(
     tracker: Tracker | None,
     on_epoch: OnEpoch | None,
     resume: bool,
-    exchange: Exchange | None,
-    members: list[int] | None,
-    writer: bool,
-    checkpoint: dict[str, Any] | None,
+    placement: Placement,
 ) -> dict[str, Any]:
-    ckpt = checkpoint
-    if ckpt is None and resume and writer:
+    ckpt = placement.checkpoint
+    if ckpt is None and resume and placement.writes:
         ckpt = RunDir(cfg.run_dir(workdir)).load_checkpoint()
     if ckpt is not None:
         check_config(ckpt, cfg)  # before a tracker run is reopened: a refused resume changes none
-    run = setup(cfg, workdir, tracker, exchange, members, writer, ckpt is not None)
+    run = setup(cfg, workdir, tracker, placement, ckpt is not None)
     status = "FAILED"
     try:  # from here on, the tracker runs end with a status whatever happens
         if ckpt is not None:
             restore(run, ckpt)
-        if run.run_dir:
-            # records after the checkpoint are redone, and so is the final evaluation of a
-            # checkpoint at the end (a distributed run re-enters it: all ranks take part);
-            # a fresh run starts an empty history
-            last = run.state.step - (run.state.epoch >= cfg.epochs) if ckpt is not None else -1
-            run.run_dir.truncate_metrics(last)
+        # records after the checkpoint are redone, and so is the final evaluation of a
+        # checkpoint at the end (a distributed run re-enters it: all ranks take part);
+        # a fresh run starts an empty history
+        last = run.state.step - (run.state.epoch >= cfg.epochs) if ckpt is not None else -1
+        run.run_dir.truncate_metrics(last)
         quantities = derived(run)
-        if run.run_dir:
-            run.run_dir.write_config(cfg.to_dict(), quantities)
+        run.run_dir.write_config(cfg.to_dict(), quantities)
         run.tracker.log_params(
             {**cfg.to_dict(), **{f"derived/{k}": v for k, v in quantities.items()}}
         )
@@ -660,7 +690,7 @@ def _loop(run: Run, on_epoch: OnEpoch | None) -> dict[str, Any]:
         desc=cfg.run_name or cfg.default_run_name,
         unit="step",
         # None: tqdm draws only on a terminal, so logs of batch jobs stay readable
-        disable=None if (cfg.progress and run.run_dir is not None) else True,
+        disable=None if (cfg.progress and run.placement.writes) else True,
         leave=False,
     )
     record: dict[str, Any] | None = None
@@ -694,6 +724,6 @@ def _loop(run: Run, on_epoch: OnEpoch | None) -> dict[str, Any]:
         _record(run, record, None)
     if not saved_last:  # a flag, not `ckpt is None`: the other ranks of a job hold no checkpoint
         ckpt = _save(run)
-    if run.run_dir is None or ckpt is None or record is None:
-        return record["metrics"] if record else {}
+    if record is None or ckpt is None:  # a process that does not hold the gathered population
+        return {}
     return _finish(run, record, ckpt["population"])
