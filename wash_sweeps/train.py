@@ -1,4 +1,4 @@
-"""`train_and_evaluate(cfg, workdir, tracker)`: one run, from a config to a results directory.
+"""`train_and_evaluate(cfg, workdir, *, ...)`: one run, from a config to a results directory.
 
 It is at once the single-run entry (`wash-sweeps train`), the Optuna objective, the W&B sweep
 program and the DVC stage. `on_epoch(epoch, metrics)` lets a sweep report and prune (it may
@@ -7,6 +7,10 @@ continued exactly where it stopped with `resume=True`.
 
     from wash_sweeps import TrainConfig, train_and_evaluate
     summary = train_and_evaluate(TrainConfig.from_preset("mnist1d-fast", method="wash"))
+
+Its steps: `setup` (data, population, method, run directory, trackers), `restore` (a resume),
+`train_epoch`, `evaluation.evaluate`, checkpoints and the final summary (`_finish`). What a run
+holds is in `run_state`.
 """
 
 from __future__ import annotations
@@ -23,26 +27,15 @@ import torch
 from tqdm.auto import tqdm
 
 from . import seeding
-from .align import align_rows, permutation_spec
-from .averaging import greedy_soup, load_into, reestimate_bn, uniform_soup
+from .averaging import load_into, uniform_soup
 from .config import ConfigError, TrainConfig
-from .data import Data, augment_batch, batch, epoch_order, load_data, steps_per_epoch
+from .data import augment_batch, batch, epoch_order, load_data, steps_per_epoch
 from .errors import RunFailure
-from .methods import Exchange, LocalExchange, Method, dp_sgd_bytes_per_step, make_method
-from .metrics import (
-    accuracy,
-    barrier,
-    barrier_pairs,
-    consensus_distance,
-    disagreement_and_kl,
-    logits_of,
-    loss,
-    loss_curve,
-    mean_pairwise_distance,
-    population_predictions,
-)
+from .evaluation import evaluate
+from .methods import dp_sgd_bytes_per_step, make_method
 from .population import Population
 from .results import RunDir, exclusive, provenance, read_json
+from .run_state import Placement, Run, SilentRunDir, State, lr_at
 from .runtime import ThreadPolicy, check_precision
 from .tracking import Tracker, make_tracker
 
@@ -63,86 +56,6 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={name!r}: CUDA is not available on this machine; use cpu")
     return torch.device(name)
-
-
-def lr_at(cfg: TrainConfig, step: int, total: int, per_epoch: int) -> float:
-    """Learning rate after `step` optimizer steps (schedule per iteration)."""
-    warm = cfg.warmup_epochs * per_epoch
-    if warm and step < warm:
-        return cfg.lr * (step + 1) / warm
-    t = (step - warm) / max(total - warm, 1)
-    if cfg.lr_schedule == "cosine":
-        return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
-    if cfg.lr_schedule == "step":
-        return cfg.lr * (0.1 ** ((t >= 0.5) + (t >= 0.75)))
-    return cfg.lr
-
-
-@dataclasses.dataclass
-class State:
-    """What changes during a run besides the population (all of it checkpointed)."""
-
-    step: int = 0
-    epoch: int = 0  # epochs completed
-    bytes_total: int = 0
-    bytes_last_epoch: int = 0
-    train_time_s: float = 0.0
-    samples: int = 0
-    evals: int = 0
-    train_loss: float = math.nan  # the last epoch's mean training loss (a resumed end reports it)
-    eval_time_s: float = 0.0  # seconds spent in evaluations
-    wall_time_s: float = 0.0  # seconds from the run's start to its last evaluation (all segments)
-
-
-@dataclasses.dataclass(frozen=True)
-class Placement:
-    """Which members this process trains and how it reaches the others. By default
-    (`Placement.local`) the whole population is here; a distributed run gives each process a
-    slice, the transport between them, and one writing process (see `distributed`)."""
-
-    exchange: Exchange
-    members: list[int]
-    writes: bool = True  # this process writes the run directory and talks to the trackers
-    shared: bool = False  # other processes train the rest: every process goes through each step
-    checkpoint: dict[str, Any] | None = None  # a shared resume: read once, sent to every process
-
-    @classmethod
-    def local(cls, n_members: int, writes: bool = True) -> Placement:
-        return cls(LocalExchange(n_members), list(range(n_members)), writes)
-
-
-class SilentRunDir:
-    """The run directory of a process that does not write one (the other ranks of a distributed
-    run), as nanoGPT's rank-0 logging: every write is dropped."""
-
-    def write_config(self, config: dict[str, Any], derived: dict[str, Any]) -> None:
-        pass
-
-    def append_metrics(self, record: dict[str, Any]) -> None:
-        pass
-
-    def truncate_metrics(self, last_step: int) -> None:
-        pass
-
-    def save_checkpoint(self, state: dict[str, Any]) -> None:
-        pass
-
-
-@dataclasses.dataclass
-class Run:
-    cfg: TrainConfig
-    data: Data
-    pop: Population
-    method: Method
-    placement: Placement
-    run_dir: RunDir | SilentRunDir
-    tracker: Tracker
-    device: torch.device
-    per_epoch: int
-    total_steps: int
-    state: State
-    threads: ThreadPolicy | None = None  # None: torch's threads as they are
-    clock: float = dataclasses.field(default_factory=time.perf_counter)  # wall time counted up to
 
 
 # --- set-up -----------------------------------------------------------------------------------
@@ -324,230 +237,6 @@ def train_epoch(run: Run, bar: tqdm | None) -> float:
             f"(method={cfg.method}, lr={cfg.lr}, p={cfg.p})"
         )
     return mean_loss
-
-
-# --- evaluation ---------------------------------------------------------------------------------
-
-
-def _bn_batches(run: Run) -> list[torch.Tensor]:
-    """The training inputs on which BN statistics are re-estimated (the first batches, fixed)."""
-    cfg, x = run.cfg, run.data.x_train
-    n = min(cfg.bn_reestimate_batches, run.per_epoch)
-    return [x[i * cfg.batch_size : (i + 1) * cfg.batch_size] for i in range(n)]
-
-
-def _splits(run: Run) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """The evaluated splits: validation (every decision) when it is not empty, and test."""
-    data = run.data
-    out = {"val": (data.x_val, data.y_val)} if data.y_val.numel() else {}
-    out["test"] = (data.x_test, data.y_test)
-    return out
-
-
-def _soup_metrics(run: Run, params: torch.Tensor, buffers: torch.Tensor, spare) -> dict[str, float]:
-    bs = run.cfg.eval_batch_size
-    model = load_into(uniform_soup(params, buffers), spare)
-    out = {}
-    for split, (x, y) in _splits(run).items():
-        logits = logits_of(model, x, bs)
-        out[f"{split}/acc_avg"], out[f"{split}/loss_avg"] = accuracy(logits, y), loss(logits, y)
-    if run.pop.has_bn:
-        model = reestimate_bn(load_into(uniform_soup(params, buffers), spare), _bn_batches(run))
-        for split, (x, y) in _splits(run).items():
-            out[f"{split}/acc_avg_bn"] = accuracy(logits_of(model, x, bs), y)
-    return out
-
-
-def _barriers(
-    run: Run, params: torch.Tensor, buffers: torch.Tensor, spare, ends: EndLosses, final: bool
-) -> tuple[dict[str, float], dict[str, list[float]]]:
-    """Loss barriers on the test split between member pairs and from each member to the
-    average (BN statistics re-estimated at every point of the path when the model has BN).
-    The final evaluation measures `barrier_points` points, earlier ones `barrier_points_during`."""
-    cfg = run.cfg
-    points = cfg.barrier_points if final else min(cfg.barrier_points_during, cfg.barrier_points)
-    curve = _curve_fn(run, spare, points)
-    curves = _pair_curves(run, params, buffers, spare, points, ends)
-    avg = uniform_soup(params, buffers)
-    for i in range(params.shape[0]):
-        curves[f"avg/{i}"] = curve((params[i], buffers[i]), avg, ends.pair(i, "avg"))
-    pair = [barrier(c) for k, c in curves.items() if k.startswith("pair/")]
-    to_avg = [barrier(c) for k, c in curves.items() if k.startswith("avg/")]
-    metrics = {
-        "barrier/mean": sum(pair) / len(pair) if pair else 0.0,
-        "barrier/max": max(pair, default=0.0),
-        "barrier/member_avg_mean": sum(to_avg) / len(to_avg),
-    }
-    return metrics, curves
-
-
-@dataclasses.dataclass
-class EndLosses:
-    """Test losses (on the barrier's samples) of the members and of the average, when they can
-    stand for a curve's end points: computed once per evaluation instead of once per curve.
-    Empty when BN statistics are re-estimated along the path (the end points then differ)."""
-
-    members: list[float] = dataclasses.field(default_factory=list)
-    avg: float | None = None
-
-    def pair(self, i: int, j: int | str) -> tuple[float, float] | None:
-        if not self.members:
-            return None
-        end = self.avg if j == "avg" else self.members[int(j)]
-        return None if end is None else (self.members[i], end)
-
-
-def _end_losses(run: Run, test_logits: torch.Tensor, params, buffers, spare) -> EndLosses:
-    cfg, data = run.cfg, run.data
-    if run.pop.has_bn and cfg.barrier_bn_reestimate:
-        return EndLosses()
-    n = cfg.barrier_samples or len(data.y_test)
-    y = data.y_test[:n]
-    members = [loss(test_logits[i, :n], y) for i in range(test_logits.shape[0])]
-    model = load_into(uniform_soup(params, buffers), spare)
-    return EndLosses(members, loss(logits_of(model, data.x_test[:n], cfg.eval_batch_size), y))
-
-
-def _curve_fn(run: Run, spare, points: int) -> Callable[..., list[float]]:
-    """The test-loss curve between two (params, buffers) points, as every barrier measures it."""
-    cfg, data = run.cfg, run.data
-    n = cfg.barrier_samples or len(data.y_test)
-    x, y = data.x_test[:n], data.y_test[:n]
-    bn = _bn_batches(run) if run.pop.has_bn and cfg.barrier_bn_reestimate else []
-
-    def curve(a, b, ends: tuple[float, float] | None = None) -> list[float]:
-        return loss_curve(spare, a, b, x, y, points, cfg.eval_batch_size, bn, ends)
-
-    return curve
-
-
-def _pair_curves(
-    run: Run,
-    params: torch.Tensor,
-    buffers: torch.Tensor,
-    spare,
-    points: int,
-    ends: EndLosses | None = None,
-) -> dict[str, list[float]]:
-    """`pair/i-j`: the curve between members i and j, for the measured pairs."""
-    curve = _curve_fn(run, spare, points)
-    ends = ends or EndLosses()
-    return {
-        f"pair/{i}-{j}": curve((params[i], buffers[i]), (params[j], buffers[j]), ends.pair(i, j))
-        for i, j in barrier_pairs(params.shape[0], run.cfg.barrier_pairs)
-    }
-
-
-def _member_logits(run: Run) -> dict[str, torch.Tensor | None]:
-    """Every member's logits per split, (N, n, C), gathered to the logging process (None
-    elsewhere): a collective when distributed."""
-    bs, ex = run.cfg.eval_batch_size, run.placement.exchange
-    out = {}
-    for split, (x, _) in _splits(run).items():
-        out[split] = ex.gather(torch.stack([logits_of(m, x, bs) for m in run.pop.models]))
-    return out
-
-
-def evaluate(run: Run, train_loss: float, final: bool = False) -> dict[str, Any] | None:
-    """Every metric of docs/method.md at the current step: accuracies and losses on validation
-    (`val/`) and test (`test/`); diversity and barriers on test. Returns the record (None on
-    processes that do not hold the gathered population)."""
-    cfg, st, pop = run.cfg, run.state, run.pop
-    ex = run.placement.exchange
-    start = time.perf_counter()
-    logits = _member_logits(run)
-    params, buffers = ex.gather(pop.params), ex.gather(pop.buffers)
-    if logits["test"] is None:  # not the logging process
-        return None
-    spare = pop.new_model()
-    m: dict[str, float] = {
-        "train/loss": train_loss,
-        "train/epoch": st.epoch,
-        "train/step": st.step,
-        "train/lr": lr_at(cfg, max(st.step - 1, 0), run.total_steps, run.per_epoch),
-    }
-    for split, (_, y) in _splits(run).items():
-        m.update(population_predictions(logits[split], y, split))
-    m.update(disagreement_and_kl(logits["test"]))
-    m.update(_soup_metrics(run, params, buffers, spare))
-    for split in _splits(run):
-        m[f"{split}/gap_ens_avg"] = m[f"{split}/acc_ens"] - m[f"{split}/acc_avg"]
-    m.update(consensus_distance(params, pop.spec.layer_slices()))
-    m["div/pairwise_l2"] = mean_pairwise_distance(params)
-    curves: dict[str, list[float]] = {}
-    if final or (cfg.barrier_every and st.evals % cfg.barrier_every == 0):
-        ends = _end_losses(run, logits["test"], params, buffers, spare)
-        bm, curves = _barriers(run, params, buffers, spare, ends, final)
-        m.update(bm)
-    if final:
-        m.update(_greedy(run, params, buffers, spare))
-    if final and cfg.align_at_end and params.shape[0] > 1:
-        am, aligned_curves = _aligned(run, params, buffers, spare)
-        m.update(am)
-        curves.update(aligned_curves)
-    n_total = cfg.n_members
-    m.update(
-        {
-            "comm/bytes_total": st.bytes_total,
-            "comm/bytes_per_member": st.bytes_total / n_total,
-            "comm/bytes_per_step": st.bytes_total / max(st.step, 1),
-            "comm/dp_sgd_bytes_total": dp_sgd_bytes_per_step(n_total, pop.spec.n_params) * st.step,
-            "time/train_s": st.train_time_s,
-            "time/samples_per_s": st.samples / max(st.train_time_s, 1e-9),
-        }
-    )
-    st.evals += 1
-    now = time.perf_counter()
-    st.eval_time_s += now - start
-    st.wall_time_s += now - run.clock
-    run.clock = now  # the wall time from the run's start, summed over resumed segments
-    m["time/eval_s"], m["time/wall_s"] = st.eval_time_s, st.wall_time_s
-    return {"step": st.step, "epoch": st.epoch, "final": final, "metrics": m, "curves": curves}
-
-
-def _greedy(run: Run, params: torch.Tensor, buffers: torch.Tensor, spare) -> dict[str, float]:
-    """The greedy soup, chosen on the validation split and reported on test."""
-    data, bs = run.data, run.cfg.eval_batch_size
-    if data.y_val.numel() == 0:
-        return {}
-
-    def val_acc(rows: list[int]) -> float:
-        model = load_into(uniform_soup(params, buffers, rows), spare)
-        return accuracy(logits_of(model, data.x_val, bs), data.y_val)
-
-    scores = [val_acc([i]) for i in range(params.shape[0])]
-    rows, _, _ = greedy_soup(scores, val_acc)
-    model = load_into(uniform_soup(params, buffers, rows), spare)
-    out: dict[str, float] = {"val/greedy_size": len(rows)}
-    for split, (x, y) in _splits(run).items():
-        logits = logits_of(model, x, bs)
-        out[f"{split}/acc_greedy"], out[f"{split}/loss_greedy"] = (
-            accuracy(logits, y),
-            loss(logits, y),
-        )
-    return out
-
-
-def _aligned(
-    run: Run, params: torch.Tensor, buffers: torch.Tensor, spare
-) -> tuple[dict[str, float], dict[str, list[float]]]:
-    """Git Re-Basin: every member's units permuted to match member 0's (weight matching), then
-    the uniform soup with BN statistics re-estimated, on both splits; and the loss barrier
-    between aligned members (the pairs of `barrier/mean`, test split)."""
-    spec = permutation_spec(spare[0])
-    params, buffers = align_rows(spec, run.pop.spec, params, buffers, seed=run.cfg.seed)
-    model = load_into(uniform_soup(params, buffers), spare)
-    if run.pop.has_bn:  # the permuted average's statistics are nobody's: recompute them
-        reestimate_bn(model, _bn_batches(run))
-    out: dict[str, float] = {}
-    for split, (x, y) in _splits(run).items():
-        logits = logits_of(model, x, run.cfg.eval_batch_size)
-        out[f"{split}/acc_aligned"] = accuracy(logits, y)
-        out[f"{split}/loss_aligned"] = loss(logits, y)
-    curves = _pair_curves(run, params, buffers, spare, run.cfg.barrier_points)
-    pair = [barrier(c) for c in curves.values()]
-    out["barrier/aligned_mean"] = sum(pair) / len(pair) if pair else 0.0
-    return out, {f"aligned_{k}": c for k, c in curves.items()}
 
 
 # --- the run ------------------------------------------------------------------------------------

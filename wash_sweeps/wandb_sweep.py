@@ -42,6 +42,7 @@ from .config import (
     add_set_argument,
     check_field,
     parse_overrides,
+    with_tracker,
 )
 from .results import iter_jsonl, write_json
 from .sweep_spec import SweepSpec, load_spec
@@ -212,9 +213,8 @@ def _sweep_run_config(
 ) -> TrainConfig:
     """A sweep run's config: logged to W&B (beside the trackers it names), in the sweep's group,
     written to `<out>/runs/<name>`."""
-    tracks = [t for t in cfg.track.split(",") if t.strip()]
     return cfg.replace(
-        track=",".join(dict.fromkeys([*tracks, "wandb"])),
+        track=with_tracker(cfg, "wandb"),
         wandb_mode=wandb_mode,
         group=spec.name,
         job_type="sweep",
