@@ -1,7 +1,8 @@
 """Section `gpu`: the paper's setting on one device, CIFAR-shaped synthetic tensors, N = 5.
 
 - throughput: population images/s of this project's step (`Population.train_step`, fp16 with
-  its gradient scaler, and bf16; channels_last on CUDA) against a PAPA-code-style loop: N
+  its gradient scaler, bf16, vectorised with vmap, compiled; channels_last on CUDA) against a
+  PAPA-code-style loop: N
   nn.Modules, N torch.optim.SGD, N GradScalers, autocast fp16, one member after the other (as
   SamsungSAILMontreal/PAPA trains). Same models, initialisations, batches (tensor indexing on
   the device for both: data loading is not what is compared), hyper-parameters.
@@ -100,6 +101,10 @@ def bench_throughput(device: str, tiny: bool, repeats: int, block_s: float) -> d
         "papa_style": PapaStyleLoop(cfg, data, dtype).step,
         f"project_{precision}": ProjectLoop(cfg.replace(precision=precision), data).step,
         "project_bf16": ProjectLoop(cfg.replace(precision="bf16"), data).step,
+        # one vmap'd forward/backward over the stacked members (torch.func)
+        f"project_{precision}_vmap": ProjectLoop(
+            cfg.replace(precision=precision, vectorize=True), data
+        ).step,
     }
     notes = {}
     if device.startswith("cuda") and not tiny:

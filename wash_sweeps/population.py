@@ -27,6 +27,7 @@ from .config import TrainConfig
 from .models import build_model, layer_index
 from .runtime import amp_dtype
 from .shuffle import Segment, layer_probabilities
+from .vectorized import vectorized_backward
 
 _ADAM_BETAS, _ADAM_EPS = (0.9, 0.999), 1e-8
 
@@ -191,6 +192,7 @@ class Population:
         convolutional = any(isinstance(m, nn.Conv2d) for m in self.models[0].modules())
         self.channels_last = self.device.type == "cuda" and convolutional
         self.forwards = [torch.compile(m) if cfg.compile else m for m in self.models]
+        self.vectorized = cfg.vectorize  # config refuses it with per-member regularisation
 
     def _init_model(self, member: int) -> nn.Module:
         init_member = 0 if self.cfg.same_init else member
@@ -240,6 +242,19 @@ class Population:
         """One optimizer step of every local member on its own batch; returns the (n_local,)
         losses (detached, on the device: no synchronisation here)."""
         self.grads.zero_()
+        if self.vectorized:
+            losses = vectorized_backward(self, batches)
+        else:
+            losses = self._looped_backward(batches, step)
+        if self.scaler is None:
+            self.optimizer_update(lr)
+        else:
+            self.scaled_update(lr)
+        return losses
+
+    def _looped_backward(
+        self, batches: Sequence[tuple[torch.Tensor, torch.Tensor]], step: int
+    ) -> torch.Tensor:
         losses = []
         for row, (x, y) in enumerate(batches):
             self.models[row].train()
@@ -247,10 +262,6 @@ class Population:
                 loss = self.member_loss(row, x, y, step)
             (self.scaler.scale(loss) if self.scaler else loss).backward()
             losses.append(loss.detach())
-        if self.scaler is None:
-            self.optimizer_update(lr)
-        else:
-            self.scaled_update(lr)
         return torch.stack(losses)
 
     def autocast(self) -> contextlib.AbstractContextManager:
