@@ -97,6 +97,7 @@ def test_an_unwritable_cache_still_returns_the_arrays(tmp_path, monkeypatch):
     assert make.calls == 1 and set(got) == set(KEYS)
 
 
+@pytest.mark.slow
 def test_mnist1d_is_cached(cache_in, monkeypatch):
     from wash_sweeps import data
 

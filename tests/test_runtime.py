@@ -96,6 +96,7 @@ def test_the_real_probe_counts_this_process():
     assert own1 > own0 and busy1 >= busy0
 
 
+@pytest.mark.slow
 def test_a_run_ticks_the_policy_every_step(tiny_cfg, monkeypatch, no_omp):
     from wash_sweeps import train
 
