@@ -15,6 +15,7 @@ MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -224,10 +225,10 @@ def end_recorded_run(ref: Mapping[str, Any], status: str) -> None:
     client.set_terminated(str(ref["run_id"]), status)
 
 
-# MLflow reads these from the environment on every request (no per-client setting exists).
-# They are the same for every run of the process, so they are set once, here, and only where
-# the user has not set them: no telemetry, and a dead server mid-run costs seconds, not
-# minutes, before the tracker is switched off.
+# MLflow reads these from the environment on every request: no per-client setting exists.
+# They are the same for every run, so they are the process's, set once (the first time this
+# process opens an MLflow client) and only where the user has not set them: no telemetry, and a
+# dead server mid-run costs seconds, not minutes, before the tracker is switched off.
 MLFLOW_PROCESS_DEFAULTS = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
@@ -236,7 +237,9 @@ MLFLOW_PROCESS_DEFAULTS = {
 }
 
 
+@functools.cache
 def _set_process_defaults() -> None:
+    """MLFLOW_PROCESS_DEFAULTS into the environment, once per process."""
     for key, value in MLFLOW_PROCESS_DEFAULTS.items():
         os.environ.setdefault(key, value)
 

@@ -11,9 +11,11 @@ them off). Read an offline run back with `wash_sweeps.wandb_reader.read_run`.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,38 @@ def wandb_dirs(run_dir: str | Path) -> dict[str, str]:
         "WANDB_CONFIG_DIR": str(root / ".config"),
         "WANDB_DATA_DIR": str(root / ".data"),
     }
+
+
+@contextlib.contextmanager
+def scoped_environ(values: Mapping[str, str]) -> Iterator[None]:
+    """`values` in the environment for the length of the block, then what was there before.
+
+    W&B has no setting for its cache, config and data directories: it reads them from the
+    environment when it starts its service (at the process's first `wandb.init`) and when it
+    stages an artifact. A study run and its trials are open at once in one process, so each run
+    points them into its own directory only while it calls W&B, never for the whole process."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _in_run_dirs(method: Callable[..., None]) -> Callable[..., None]:
+    """A WandbTracker method that runs with its run's W&B directories (`scoped_environ`): W&B
+    stages tables and artifacts in its data directory."""
+
+    @functools.wraps(method)
+    def in_dirs(self: WandbTracker, *args: Any, **kwargs: Any) -> None:
+        with scoped_environ(self.dirs):
+            method(self, *args, **kwargs)
+
+    return in_dirs
 
 
 def _wandb_has_key() -> bool:
@@ -64,28 +98,41 @@ class WandbTracker(Tracker):
         job_type: str,
         previous: Mapping[str, Any] | None = None,
     ):
-        dirs = wandb_dirs(run_dir)
-        for d in dirs.values():
+        self.dirs = wandb_dirs(run_dir)
+        for d in self.dirs.values():
             Path(d).mkdir(parents=True, exist_ok=True)
-        # wandb reads these when it starts its service and stages files: set them for the process
-        os.environ.update(dirs)
         mode = _mode(cfg)
         import wandb
 
         self.wandb, self.mode = wandb, mode
         # only an online run can be continued (see the tracking package doc)
         same = bool(previous) and previous.get("mode") == mode == "online"
-        self.run = wandb.init(
-            id=previous["id"] if same else None,
-            resume="allow" if same else None,
+        with scoped_environ(self.dirs):
+            self.run = self._init(cfg, run_name, job_type, previous if same else None)
+        _define_metrics(self.run)
+        self.step = 0
+        self.logged: set[str] = set()  # history keys: their summaries follow define_metric
+        # steps below this are already in a continued run (W&B drops them with a warning)
+        self.first_step = int(getattr(self.run, "starting_step", 0) or 0) if same else 0
+        if previous and not same:
+            self.run.config.update({"resumed_from": previous.get("id", "")})
+
+    def _init(
+        self, cfg: Any, run_name: str, job_type: str, previous: Mapping[str, Any] | None
+    ) -> Any:
+        """A new W&B run, or the online run `previous` continued."""
+        wandb = self.wandb
+        return wandb.init(
+            id=previous["id"] if previous else None,
+            resume="allow" if previous else None,
             project=cfg.project,
             entity=cfg.wandb_entity or None,
             group=cfg.group or None,
             job_type=job_type,
             tags=[t.strip() for t in cfg.tags.split(",") if t.strip()] or None,
             name=run_name,
-            dir=dirs["WANDB_DIR"],
-            mode=mode,
+            dir=self.dirs["WANDB_DIR"],
+            mode=self.mode,
             reinit="create_new",  # a study run and its trials can be open at once
             # system stats (CPU, memory, GPU) stay on: WANDB_X_DISABLE_STATS=true turns them off
             settings=wandb.Settings(
@@ -95,21 +142,16 @@ class WandbTracker(Tracker):
                 x_disable_meta=argv_has_secret(sys.argv),
             ),
         )
-        _define_metrics(self.run)
-        self.step = 0
-        self.logged: set[str] = set()  # history keys: their summaries follow define_metric
-        # steps below this are already in a continued run (W&B drops them with a warning)
-        self.first_step = int(getattr(self.run, "starting_step", 0) or 0) if same else 0
-        if previous and not same:
-            self.run.config.update({"resumed_from": previous.get("id", "")})
 
     def ref(self):
         # path: entity/project/id online (project/id offline), what wandb.Api().run() takes
         return {"id": self.run.id, "mode": self.mode, "path": self.run.path}
 
+    @_in_run_dirs
     def log_params(self, params):
         self.run.config.update(dict(params), allow_val_change=True)
 
+    @_in_run_dirs
     def log_metrics(self, metrics, step):
         if step < self.first_step:
             return
@@ -117,6 +159,7 @@ class WandbTracker(Tracker):
         self.logged.update(metrics)
         self.run.log(dict(metrics), step=step)
 
+    @_in_run_dirs
     def log_curves(self, curves, step):
         if step < self.first_step:
             return
@@ -127,6 +170,7 @@ class WandbTracker(Tracker):
         self.step = max(self.step, step)
         self.run.log({"curves/barrier": table}, step=step)
 
+    @_in_run_dirs
     def log_summary(self, summary):
         # a key of the history keeps the summary define_metric gives it (best and last of the
         # val/ accuracies and losses, else last): only the keys never logged are set here
@@ -140,6 +184,7 @@ class WandbTracker(Tracker):
                 {"tables/members": self.wandb.Table(columns=cols, data=data)}, step=self.step
             )
 
+    @_in_run_dirs
     def log_artifact(self, path, name=None):
         path = Path(path)
         if name is None:  # result files: saved with the run's files
@@ -149,6 +194,7 @@ class WandbTracker(Tracker):
         art.add_file(str(path))
         self.run.log_artifact(art)
 
+    @_in_run_dirs
     def log_model(self, run_dir, input_example):
         # one name per run (W&B versions artifacts by name: a shared name would pile the models
         # of every run and trial into one history); with config.json it is a run directory
@@ -159,10 +205,12 @@ class WandbTracker(Tracker):
         art.add_file(str(run_dir / "config.json"))
         self.run.log_artifact(art)
 
+    @_in_run_dirs
     def set_tags(self, tags):
         # provenance lives in the run config (W&B tags are short labels, not key-value pairs)
         self.run.config.update({k.replace("prov/", "provenance/"): v for k, v in tags.items()})
 
+    @_in_run_dirs
     def finish(self, status="FINISHED"):
         # a run stopped by its sweep (KILLED) ended as asked: exit 0, the status in the summary
         self.run.summary["run/status"] = status
