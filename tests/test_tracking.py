@@ -478,3 +478,20 @@ def test_workers_share_a_fresh_sqlite_store(home, tmp_path):
     for r in runs:
         assert r.info.status == "FINISHED"
         assert len(client.get_metric_history(r.info.run_id, "m/7")) == 20
+
+
+def test_end_run_ends_the_recorded_mlflow_run(home, tmp_path, monkeypatch):
+    """A job stopped from outside: `end_run` ends the MLflow run its trackers.json names."""
+    from mlflow.tracking import MlflowClient
+
+    from wash_sweeps.tracking import end_run, tracker_refs
+
+    monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")  # no monitor left behind
+    cfg = TrainConfig.from_preset("tiny", track="mlflow", out_dir=str(tmp_path))
+    make_tracker(cfg, tmp_path / "run")  # opened, never finished: a killed job's run
+    ref = tracker_refs(tmp_path / "run")["mlflow"]
+    client = MlflowClient(ref["uri"])
+    assert client.get_run(ref["run_id"]).info.status == "RUNNING"
+    end_run(tmp_path / "run", status="KILLED")
+    assert client.get_run(ref["run_id"]).info.status == "KILLED"
+    end_run(tmp_path / "no-such-run")  # nothing recorded: nothing to do, no error

@@ -8,6 +8,8 @@ there: for a job stopped from outside (a killed torchrun job), whose own tracker
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from typing import Any
 from ..config import TRACKERS, trackers
 from .base import FanOut, Guarded, Tracker, first_line, warn
 from .provenance import provenance_tags
-from .refs import read_refs, write_refs
+from .refs import TRACKERS_FILE, read_refs, write_refs
 
 
 def tracker_names(cfg: Any) -> tuple[str, ...]:
@@ -99,15 +101,11 @@ def _open_one(
 def end_run(run_dir: str | Path, status: str = "KILLED") -> None:
     """End the MLflow run that `<run_dir>/trackers.json` records with `status` (FINISHED,
     FAILED or KILLED), for a job stopped from outside: its MLflow run shows `status`, not
-    RUNNING. Best effort: nothing recorded, or a store that does not answer, is no error (the
-    local results are what count). W&B needs nothing: an offline run has no server state, and
-    an online run that stops reporting is marked crashed by W&B itself."""
-    ref = read_refs(Path(run_dir)).get("mlflow")
-    if not isinstance(ref, Mapping) or not ref.get("run_id"):
-        return
+    RUNNING. Best effort and silent: nothing recorded, an unreadable file or a store that does
+    not answer is no error (the local results are what count). W&B needs nothing: an offline run
+    has no server state, and an online run that stops reporting is marked crashed by W&B."""
     from .mlflow import end_recorded_run
 
-    try:
+    with contextlib.suppress(Exception):
+        ref = json.loads((Path(run_dir) / TRACKERS_FILE).read_text())["mlflow"]
         end_recorded_run(ref, status)
-    except Exception as e:  # best effort, as above
-        warn(f"MLflow run {ref['run_id']} not ended as {status} ({first_line(e)})")
