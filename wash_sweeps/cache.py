@@ -15,9 +15,9 @@ runs no code), and a file that does not read back is regenerated and replaced.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .results import atomic_write
 
 CACHE_ENV = "WASH_SWEEPS_CACHE"
 _FORMAT = 1  # bump when what a cached file holds changes: older files are then never read
@@ -63,18 +65,9 @@ def _read(path: Path, keys: frozenset[str]) -> dict[str, np.ndarray] | None:
 
 
 def _write(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    """Write to a temporary file beside `path`, fsync, rename: readers see all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write(path, buffer.getvalue())
 
 
 def cached_arrays(

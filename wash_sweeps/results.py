@@ -39,7 +39,8 @@ _VERSIONED = (
 )
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, fsync, rename: readers see all or nothing."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
@@ -54,7 +55,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    _atomic_write(
+    atomic_write(
         Path(path), (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()
     )
 
@@ -241,7 +242,7 @@ class RunDir(RunFiles):
     def truncate_metrics(self, last_step: int) -> None:
         """Keep only records up to `last_step` (a resume continues from a checkpoint)."""
         keep = [r for r in self.read_metrics() if r["step"] <= last_step]
-        _atomic_write(
+        atomic_write(
             self.metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep).encode()
         )
 
