@@ -46,14 +46,45 @@ class Tracker:
 NoopTracker = Tracker
 
 
-class Guarded(Tracker):
+class _Forwarding(Tracker):
+    """A tracker that hands each call of the interface to `_send(method, *args)`."""
+
+    def _send(self, method: str, *args: Any) -> None:
+        raise NotImplementedError
+
+    def log_params(self, params):
+        self._send("log_params", params)
+
+    def log_metrics(self, metrics, step):
+        self._send("log_metrics", metrics, step)
+
+    def log_curves(self, curves, step):
+        self._send("log_curves", curves, step)
+
+    def log_summary(self, summary):
+        self._send("log_summary", summary)
+
+    def log_artifact(self, path, name=None):
+        self._send("log_artifact", path, name)
+
+    def log_model(self, run_dir, input_example):
+        self._send("log_model", run_dir, input_example)
+
+    def set_tags(self, tags):
+        self._send("set_tags", tags)
+
+    def finish(self, status="FINISHED"):
+        self._send("finish", status)
+
+
+class Guarded(_Forwarding):
     """One tracker whose first failure prints one warning and switches it off."""
 
     def __init__(self, tracker: Tracker, where: str = ""):
         self.tracker, self.name, self.where = tracker, tracker.name, where
         self.failed: str | None = None
 
-    def _call(self, method: str, *args: Any) -> None:
+    def _send(self, method: str, *args: Any) -> None:
         if self.failed is not None:
             return
         try:
@@ -66,32 +97,8 @@ class Guarded(Tracker):
         tail = f"; local results in {self.where} are complete" if self.where else ""
         return f"it is off for the rest of this run{tail}"
 
-    def log_params(self, params):
-        self._call("log_params", params)
 
-    def log_metrics(self, metrics, step):
-        self._call("log_metrics", metrics, step)
-
-    def log_curves(self, curves, step):
-        self._call("log_curves", curves, step)
-
-    def log_summary(self, summary):
-        self._call("log_summary", summary)
-
-    def log_artifact(self, path, name=None):
-        self._call("log_artifact", path, name)
-
-    def log_model(self, run_dir, input_example):
-        self._call("log_model", run_dir, input_example)
-
-    def set_tags(self, tags):
-        self._call("set_tags", tags)
-
-    def finish(self, status="FINISHED"):
-        self._call("finish", status)
-
-
-class FanOut(Tracker):
+class FanOut(_Forwarding):
     """Sends every call to each tracker."""
 
     name = "fanout"
@@ -99,7 +106,7 @@ class FanOut(Tracker):
     def __init__(self, trackers: Sequence[Tracker]):
         self.trackers = list(trackers)
 
-    def _each(self, method: str, *args: Any) -> None:
+    def _send(self, method: str, *args: Any) -> None:
         for t in self.trackers:
             getattr(t, method)(*args)
 
@@ -110,30 +117,6 @@ class FanOut(Tracker):
             if t.name == name and getattr(t, "failed", None) is None:
                 return inner
         return None
-
-    def log_params(self, params):
-        self._each("log_params", params)
-
-    def log_metrics(self, metrics, step):
-        self._each("log_metrics", metrics, step)
-
-    def log_curves(self, curves, step):
-        self._each("log_curves", curves, step)
-
-    def log_summary(self, summary):
-        self._each("log_summary", summary)
-
-    def log_artifact(self, path, name=None):
-        self._each("log_artifact", path, name)
-
-    def log_model(self, run_dir, input_example):
-        self._each("log_model", run_dir, input_example)
-
-    def set_tags(self, tags):
-        self._each("set_tags", tags)
-
-    def finish(self, status="FINISHED"):
-        self._each("finish", status)
 
 
 def warn(message: str) -> None:

@@ -27,10 +27,10 @@ from typing import Any
 from ..redact import redact_url
 from .base import Tracker, first_line, warn
 from .mlflow_store import (
-    artifact_root,
     experiment_id,
     mlflow_key,
     mlflow_uri,
+    prepare_store,
     sqlite_lock,
     stored_uri,
 )
@@ -60,7 +60,7 @@ class MlflowTracker(Tracker):
 
         _set_process_defaults()
         self.uri = mlflow_uri(cfg)
-        root = artifact_root(self.uri)
+        root = prepare_store(self.uri)
         self.scratch = Path(run_dir) / "mlflow_files"
         self.done_step = -1  # steps up to this one are already in a continued run
         self.latest: dict[str, float] = {}  # the last value of each key (a continued run's too)

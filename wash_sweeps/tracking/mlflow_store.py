@@ -57,9 +57,10 @@ def mlflow_key(key: str) -> str:
     return _MLFLOW_BAD_KEY.sub("_", key)[:250]
 
 
-def artifact_root(uri: str) -> str | None:
-    """Where a new experiment keeps its artifacts: `mlartifacts` beside a SQLite store (creating
-    the store's directory); None (the server's choice) otherwise. Checks a server answers."""
+def prepare_store(uri: str) -> str | None:
+    """Ready a store before its first client: a server must answer (`check_server`), a SQLite
+    file's directory is created. Returns where a new experiment there keeps its artifacts:
+    `mlartifacts` beside a SQLite file, None (the store's own choice) otherwise."""
     if uri.startswith(("http://", "https://")):
         check_server(uri)
     elif uri.startswith("sqlite:///"):

@@ -1,12 +1,15 @@
 """The W&B tracker: one run (offline by default), every file it writes under `<run_dir>/wandb/`.
 
 `cfg.wandb_mode` is `offline` by default (`online` needs WANDB_API_KEY or a ~/.netrc entry, else
-a warning and offline). Barrier curves and the final per-member metrics are W&B tables
-(`curves/barrier`, `tables/members`); the averaged model is the artifact
-`averaged-model-<run id>` (type model: averaged.pt + config.json, for load_averaged). Charts run
-along `train/step` (define_metric); the `val/` accuracies keep their best and last value in the
-summary (`val/` losses: min and last). System stats are on (WANDB_X_DISABLE_STATS=true turns
-them off). Read an offline run back with `wash_sweeps.wandb_reader.read_run`.
+a warning and offline). Every file W&B writes goes under `<run_dir>/wandb/`: the run's files
+(`wandb.init(dir=)`) and W&B's cache, config and data directories (WANDB_CACHE_DIR,
+WANDB_CONFIG_DIR, WANDB_DATA_DIR point there during each call into W&B: `scoped_environ`).
+Barrier curves and the final per-member metrics are W&B tables (`curves/barrier`,
+`tables/members`); the averaged model is the artifact `averaged-model-<run id>` (type model:
+averaged.pt + config.json, for load_averaged). Charts run along `train/step` (define_metric); the
+`val/` accuracies keep their best and last value in the summary (`val/` losses: min and last).
+System stats are on (WANDB_X_DISABLE_STATS=true turns them off). Read an offline run back with
+`wash_sweeps.wandb_reader.read_run`.
 """
 
 from __future__ import annotations
