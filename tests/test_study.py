@@ -502,7 +502,7 @@ def test_study_trials_under_torchrun_report_every_epoch(tmp_path, monkeypatch):
 def test_gpus_are_dealt_to_the_worker_processes(tmp_path, monkeypatch, capsys):
     """`--gpus` gives each worker process its own CUDA_VISIBLE_DEVICES (indices into the devices
     this process sees, round-robin). The workers are stand-ins that record their environment."""
-    from wash_sweeps import study
+    from wash_sweeps.study import workers as study
 
     started: list[dict] = []
 
