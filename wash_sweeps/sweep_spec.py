@@ -90,6 +90,8 @@ SPLIT_METRICS = (
     "gap_ens_avg",
     "acc_greedy",
     "loss_greedy",
+    "acc_aligned",  # at the end, with align_at_end
+    "loss_aligned",
 )
 BN_METRICS = ("val/acc_avg_bn", "test/acc_avg_bn")  # models with BatchNorm only
 OTHER_METRICS = (
@@ -105,11 +107,14 @@ OTHER_METRICS = (
     "barrier/mean",
     "barrier/max",
     "barrier/member_avg_mean",
+    "barrier/aligned_mean",
     "comm/bytes_total",
     "comm/bytes_per_member",
     "comm/bytes_per_step",
     "comm/dp_sgd_bytes_total",
     "time/train_s",
+    "time/eval_s",
+    "time/wall_s",
     "time/samples_per_s",
 )
 # keys with a member index or a layer name in them
