@@ -12,9 +12,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..results import RunFiles
 from .base import first_line, warn
 
-TRACKERS_FILE = "trackers.json"  # in a run directory: the ids of its tracker runs, for resuming
+TRACKERS_FILE = RunFiles.TRACKERS  # in a run directory: the ids of its tracker runs, for resuming
 
 
 def tracker_refs(run_dir: str | Path) -> dict[str, Any]:
