@@ -34,7 +34,8 @@ def test_train_then_resume_from_the_command_line(tmp_path):
         str(run_dir),
     )
     assert r.returncode == 0, r.stderr
-    assert "accuracy  averaged" in r.stdout and "comm" in r.stdout
+    assert "test      averaged" in r.stdout and "val       averaged" in r.stdout
+    assert "comm" in r.stdout
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["config"]["p"] == 0.02 and summary["config"]["method"] == "wash"
     again = _cli("train", "--resume", str(run_dir))
