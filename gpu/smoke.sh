@@ -52,10 +52,10 @@ else:
 EOF
 cat "$out/env.txt"
 
-part gpu "$py" -m benchmarks --only gpu --device "$device" $quick \
+part gpu "$py" -m wash_sweeps.benchmarks --only gpu --device "$device" $quick \
     --out "$out/gpu.json" --workdir "$out/work"
 if [ -z "$quick" ]; then
-    part comm "$py" -m benchmarks --only comm --device "$device" --out "$out/comm.json"
+    part comm "$py" -m wash_sweeps.benchmarks --only comm --device "$device" --out "$out/comm.json"
 fi
 echo "total $(( $(date +%s) - start )) s" >> "$out/times.txt"
 cat "$out/times.txt"

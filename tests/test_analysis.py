@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import aggregate, figures, report, selection, stats
+from wash_sweeps.analysis import aggregate, figures, report, selection, stats
 from wash_sweeps.config import TrainConfig
 
 SEEDS = (0, 1, 2)
@@ -418,7 +418,7 @@ def test_old_run_directories_show_dashes(tmp_path: Path) -> None:
 
 
 def test_plot_tables_have_fixed_columns_and_the_chosen_settings(tables: Path) -> None:
-    from analysis import plot_tables
+    from wash_sweeps.analysis import plot_tables
 
     paths = plot_tables.write_plot_tables(tables)
     assert [p.name for p in paths] == list(plot_tables.FILES)
@@ -442,7 +442,7 @@ def test_plot_tables_have_fixed_columns_and_the_chosen_settings(tables: Path) ->
 
 
 def test_plot_tables_of_old_runs_keep_their_shape(tmp_path: Path) -> None:
-    from analysis import plot_tables
+    from wash_sweeps.analysis import plot_tables
 
     for seed in (0, 1):
         for method in ("independent", "papa", "wash"):

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import report
-from benchmarks.timing import interleaved, paired_ratio
+from wash_sweeps.benchmarks import report
+from wash_sweeps.benchmarks.timing import interleaved, paired_ratio
 from wash_sweeps.cli import main
 
 

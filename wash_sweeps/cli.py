@@ -66,12 +66,12 @@ COMMANDS = {
         "wash-sweeps dvc-params --check",
     ),
     "figures": (
-        "analysis.figures",
+        "wash_sweeps.analysis.figures",
         "draw the paper's figures from result files",
         "wash-sweeps figures --tables docs/results/tables --out /tmp/figures",
     ),
     "bench": (
-        "benchmarks.run",
+        "wash_sweeps.benchmarks.run",
         "measure training, shuffle and exchange speed",
         "wash-sweeps bench --tiny",
     ),

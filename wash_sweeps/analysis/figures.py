@@ -2,7 +2,7 @@
 
     wash-sweeps figures --runs outputs/runs --out docs/results       # aggregate, draw, report
     wash-sweeps figures --tables docs/results/tables --out docs/results   # redraw from tables
-    python -m analysis.figures --tables docs/results/tables --out docs/results
+    python -m wash_sweeps.analysis.figures --tables docs/results/tables --out docs/results
 
 Every function takes tables (never a tracking server), writes `<out>/<name>.png` and `.pdf`, and
 returns the arrays it plotted (the tests check those against the input). Mean +- std are over
@@ -23,9 +23,9 @@ import matplotlib.cm
 import numpy as np
 import pandas as pd
 
-from analysis import report, style
-from analysis.aggregate import mean_std, read_tables, write_tables
-from analysis.selection import (
+from wash_sweeps.analysis import report, style
+from wash_sweeps.analysis.aggregate import mean_std, read_tables, write_tables
+from wash_sweeps.analysis.selection import (
     REPORT_KEY,
     SELECT_KEY,
     ablation_runs,

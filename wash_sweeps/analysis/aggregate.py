@@ -1,6 +1,6 @@
 """Run directories -> tidy tables: the only input of the figures and the report.
 
-    python -m analysis.aggregate outputs/runs docs/results/tables [--where epochs=30 ...]
+    python -m wash_sweeps.analysis.aggregate outputs/runs docs/results/tables [--where k=v ...]
 
 writes, under the output directory:
     runs.csv / runs.json   one row per run: `run`, `label`, every config field, final metrics

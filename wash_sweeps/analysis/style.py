@@ -1,6 +1,6 @@
 """The shared look of every figure: one colour per method, one size, PNG + PDF output.
 
-from analysis import style
+from wash_sweeps.analysis import style
 fig, ax = style.figure()
 ax.plot(x, y, **style.line("wash"))
 style.save(fig, out_dir / "fig1_accuracy_vs_p")   # writes .png and .pdf

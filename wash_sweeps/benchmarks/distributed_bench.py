@@ -166,7 +166,7 @@ def bench_distributed(tiny: bool) -> dict[str, Any]:
         return {"status": "left", "reason": "wash_sweeps.distributed.DistributedExchange missing"}
     p = 0.01
     try:
-        from benchmarks.exchange import bench_exchange
+        from wash_sweeps.benchmarks.exchange import bench_exchange
     except ImportError:
         bench_exchange = None
     if bench_exchange is not None:

@@ -1,7 +1,7 @@
 """report.md and headline.md: settings chosen on validation, their test numbers as mean ± std
 tables, paired per-seed comparisons, the headline sentence and the figures' captions.
 
-    python -m analysis.report docs/results/tables docs/results     # after analysis.figures
+    python -m wash_sweeps.analysis.report docs/results/tables docs/results   # after the figures
 
 Accuracies are test accuracies in %, mean ± sample std over seeds, n = number of seeds. Every
 setting shown as "chosen" was chosen on validation (`analysis.selection`); every "A vs B" is the
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.aggregate import mean_std, read_tables
-from analysis.selection import (
+from wash_sweeps.analysis.aggregate import mean_std, read_tables
+from wash_sweeps.analysis.selection import (
     REPORT_KEY,
     SELECT_KEY,
     ablation_runs,
@@ -33,7 +33,7 @@ from analysis.selection import (
     main_n,
     per_seed,
 )
-from analysis.stats import PairedDiff, describe, paired_difference
+from wash_sweeps.analysis.stats import PairedDiff, describe, paired_difference
 
 HEADLINE_FILE = "headline.md"
 MAIN_COLUMNS = {

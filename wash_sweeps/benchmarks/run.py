@@ -1,5 +1,5 @@
-"""`wash-sweeps bench` (also `python -m benchmarks`): how fast the population trains, shuffles
-and communicates, measured side by side (warm-up, interleaved repeats, medians of ratios).
+"""`wash-sweeps bench` (also `python -m wash_sweeps.benchmarks`): how fast the population trains,
+shuffles and communicates, measured side by side (warm-up, interleaved repeats, medians of ratios).
 
     wash-sweeps bench                       # small models, ResNet-18 comm row; ~6 min
     wash-sweeps bench --tiny                # seconds: what CI runs (numbers not meaningful)

@@ -8,7 +8,7 @@ its own worker process; within it, every repeat times one block of every setting
 (whatever else the machine runs) and one beside BUSY extra processes that spin on a core each
 (`yes > /dev/null`), in rotating order. Reported: medians over repeats, and ratios of medians.
 
-    python -m benchmarks.threads_bench --worker default cnn1d --repeats 3   # one worker, JSON out
+    python -m wash_sweeps.benchmarks.threads_bench --worker default cnn1d --repeats 3  # JSON out
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """DVC's tabular plots: small CSV files with fixed x and y columns, so that `dvc plots diff`
 overlays them across experiments (image plots can only sit side by side).
 
-    python -m analysis.plot_tables docs/results/tables        # after analysis.aggregate
+    python -m wash_sweeps.analysis.plot_tables docs/results/tables        # after analysis.aggregate
 
 writes, under `<tables>/plots/`:
     accuracy_over_epochs.csv   epoch + one test-accuracy column per method (its setting chosen
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.aggregate import read_tables
-from analysis.selection import (
+from wash_sweeps.analysis.aggregate import read_tables
+from wash_sweeps.analysis.selection import (
     METHOD_ORDER,
     REPORT_KEY,
     chosen_settings,

@@ -1,6 +1,6 @@
 """The WASH exchange vs PAPA's all-reduce on a flat buffer, over gloo (one member per process).
 
-    .venv/bin/python -m benchmarks.exchange --world 2 4 --n-params 11200000 --p 1e-3 1e-2
+    python -m wash_sweeps.benchmarks.exchange --world 2 4 --n-params 11200000 --p 1e-3 1e-2
 
 `bench_exchange(world_size, n_params, p, steps)` spawns `world_size` processes (file://
 rendezvous, no port), each holding one member's (1, n_params) float32 row, and times on the
