@@ -173,8 +173,8 @@ def bench_distributed(tiny: bool) -> dict[str, Any]:
         worlds, models = ((2,), ["cnn1d"]) if tiny else ((2, 4), list(_SIZES))
         return {
             "status": "measured",
-            "source": "benchmarks.exchange.bench_exchange: plan + all_to_all on one flat row "
-            f"(weights only); PAPA's all-reduce amortised over papa_every={_PAPA_EVERY}",
+            "source": "wash_sweeps.benchmarks.exchange.bench_exchange: plan + all_to_all on one "
+            f"flat row (weights only); PAPA's all-reduce amortised over papa_every={_PAPA_EVERY}",
             "p": p,
             "rows": _transport_rows(bench_exchange, worlds, models, p, 3 if tiny else 5),
         }
@@ -185,8 +185,8 @@ def bench_distributed(tiny: bool) -> dict[str, Any]:
         rows += bench_world(w, models, p, repeats, steps)
     return {
         "status": "measured",
-        "source": "benchmarks.distributed_bench: Wash/Papa.after_step over DistributedExchange "
-        "(gloo, torch.multiprocessing.spawn), momentum shuffled along",
+        "source": "wash_sweeps.benchmarks.distributed_bench: Wash/Papa.after_step over "
+        "DistributedExchange (gloo, torch.multiprocessing.spawn), momentum shuffled along",
         "p": p,
         "rows": rows,
     }

@@ -42,7 +42,7 @@ def _env(wait: str) -> dict[str, str]:
 
 
 def run_worker(wait: str, models: Sequence[str], args: dict[str, Any]) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "benchmarks.threads_bench", "--worker", wait, *models]
+    cmd = [sys.executable, "-m", "wash_sweeps.benchmarks.threads_bench", "--worker", wait, *models]
     cmd += ["--repeats", str(args["repeats"]), "--block-s", str(args["block_s"])]
     cmd += ["--tiny"] if args["tiny"] else []
     out = subprocess.run(cmd, env=_env(wait), capture_output=True, text=True, check=False)
