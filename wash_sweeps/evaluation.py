@@ -176,6 +176,7 @@ def evaluate(run: Run, train_loss: float, final: bool = False) -> dict[str, Any]
     m.update(consensus_distance(params, pop.spec.layer_slices()))
     m["div/pairwise_l2"] = mean_pairwise_distance(params)
     curves: dict[str, list[float]] = {}
+    ends = EndLosses()
     if final or (cfg.barrier_every and st.evals % cfg.barrier_every == 0):
         ends = _end_losses(run, logits["test"], params, buffers, spare)
         bm, curves = _barriers(run, params, buffers, spare, ends, final)
@@ -183,7 +184,7 @@ def evaluate(run: Run, train_loss: float, final: bool = False) -> dict[str, Any]
     if final:
         m.update(_greedy(run, params, buffers, spare))
     if final and cfg.align_at_end and params.shape[0] > 1:
-        am, aligned_curves = _aligned(run, params, buffers, spare)
+        am, aligned_curves = _aligned(run, params, buffers, spare, ends)
         m.update(am)
         curves.update(aligned_curves)
     n_total = cfg.n_members
@@ -230,11 +231,12 @@ def _greedy(run: Run, params: torch.Tensor, buffers: torch.Tensor, spare) -> dic
 
 
 def _aligned(
-    run: Run, params: torch.Tensor, buffers: torch.Tensor, spare
+    run: Run, params: torch.Tensor, buffers: torch.Tensor, spare, ends: EndLosses
 ) -> tuple[dict[str, float], dict[str, list[float]]]:
     """Git Re-Basin: every member's units permuted to match member 0's (weight matching), then
     the uniform soup with BN statistics re-estimated, on both splits; and the loss barrier
-    between aligned members (the pairs of `barrier/mean`, test split)."""
+    between aligned members (the pairs of `barrier/mean`, test split). A permuted member computes
+    the same function, so the curves' end points are the members' own losses (`ends`)."""
     spec = permutation_spec(spare[0])
     params, buffers = align_rows(spec, run.pop.spec, params, buffers, seed=run.cfg.seed)
     model = load_into(uniform_soup(params, buffers), spare)
@@ -245,7 +247,7 @@ def _aligned(
         logits = logits_of(model, x, run.cfg.eval_batch_size)
         out[f"{split}/acc_aligned"] = accuracy(logits, y)
         out[f"{split}/loss_aligned"] = loss(logits, y)
-    curves = _pair_curves(run, params, buffers, spare, run.cfg.barrier_points)
+    curves = _pair_curves(run, params, buffers, spare, run.cfg.barrier_points, ends)
     pair = [barrier(c) for c in curves.values()]
     out["barrier/aligned_mean"] = sum(pair) / len(pair) if pair else 0.0
     return out, {f"aligned_{k}": c for k, c in curves.items()}
