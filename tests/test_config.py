@@ -2,7 +2,8 @@
 
 import pytest
 
-from wash_sweeps.config import PRESETS, ConfigError, TrainConfig, field_names, preset
+from wash_sweeps.config import ConfigError, TrainConfig, field_names
+from wash_sweeps.presets import PRESETS, preset
 
 
 def test_every_preset_builds_and_is_a_delta_over_the_default():

@@ -7,7 +7,9 @@ import dataclasses
 import json
 from pathlib import Path
 
-from .config import PRESETS, ConfigError, TrainConfig, add_config_arguments, field_help, from_args
+from .config import ConfigError, TrainConfig, field_help
+from .config_cli import add_config_arguments, from_args
+from .presets import PRESETS
 from .results import RunDir
 
 

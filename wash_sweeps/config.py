@@ -1,4 +1,5 @@
-"""The training configuration: one frozen dataclass, its presets and its validation.
+"""The training configuration: one frozen dataclass and its validation (presets: `presets.py`,
+command-line flags: `config_cli.py`).
 
 Every other entry point (CLI flags, sweep files, DVC's params.yaml, tracker params, checkpoint
 metadata) is derived from :class:`TrainConfig`; nothing else defines a hyper-parameter.
@@ -241,6 +242,8 @@ class TrainConfig:
         if bad:
             raise ConfigError(f"config key {bad[0]!r}: field names are strings (see fields)")
         if base is None:
+            from .presets import preset
+
             base = preset(str(values["preset"])) if "preset" in values else cls()
         unknown = sorted(set(values) - set(field_names()))
         if unknown:
@@ -250,6 +253,8 @@ class TrainConfig:
 
     @classmethod
     def from_preset(cls, name: str = "default", **overrides: Any) -> TrainConfig:
+        from .presets import preset
+
         return cls.from_dict(overrides, base=preset(name))
 
     @classmethod
@@ -270,6 +275,8 @@ class TrainConfig:
 
     @classmethod
     def from_cli(cls, argv: Sequence[str]) -> TrainConfig:
+        from .config_cli import add_config_arguments, from_args
+
         parser = argparse.ArgumentParser(add_help=False)
         add_config_arguments(parser)
         args, rest = parser.parse_known_args(argv)
@@ -346,6 +353,8 @@ def unknown_field(name: Any) -> str:
 
 
 def unknown_preset(name: Any) -> str:
+    from .presets import PRESETS
+
     hint = did_you_mean(name, list(PRESETS))
     return f"preset={name!r}: {hint}allowed presets are {', '.join(PRESETS)}"
 
@@ -501,141 +510,3 @@ def _check_no_credentials(c: TrainConfig) -> None:
             "with the run; give the URI without it and set MLFLOW_TRACKING_USERNAME and "
             "MLFLOW_TRACKING_PASSWORD in the environment"
         )
-
-
-# --- presets: deltas over the default ---------------------------------------------------------
-
-# the small-model recipe of the first prototype (docs/LOG.md): SGD 0.05 cosine, uniform p with
-# the optimizer state shuffled along, no shuffle in the last 10% of steps, PAPA's pull scaled to
-# short schedules (chosen on test accuracy before the validation split existed: to be re-tuned)
-_SMALL = dict(
-    lr=0.05,
-    weight_decay=5e-4,
-    p=0.01,
-    layer_schedule="uniform",
-    shuffle_optimizer_state=True,
-    shuffle_until=0.9,
-    papa_rate=0.1,
-)
-# MNIST-1D's 1-D CNN: 30 steps/epoch at batch 128; at 32 channels every method lands 3-20
-# points lower (docs/LOG.md)
-_MNIST1D = dict(_SMALL, dataset="mnist1d", model="cnn1d", width=64, batch_size=128)
-# PAPA's CIFAR protocol (docs/method.md): ResNet-18, SGD 0.1, batch 64, random crop + flip, N=5;
-# evaluation sparser and barriers only at the end, since a CPU/GPU eval of 5 ResNets is costly
-_CIFAR = dict(
-    model="resnet18",
-    val_fraction=0.02,  # 1000 of 50000 images, PAPA's held-out split
-    epochs=300,
-    batch_size=64,
-    lr=0.1,
-    momentum=0.9,
-    augment=True,
-    n_members=5,
-    p=0.001,
-    layer_schedule="linear",
-    papa_rate=0.01,
-    papa_every=10,
-    papa_all_every=5,
-    eval_every=5,
-    barrier_every=0,
-    eval_batch_size=500,
-    barrier_pairs=2,
-)
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "default": {},
-    "mnist1d-fast": dict(_MNIST1D, epochs=40),
-    # the longer schedule where the prototype saw WASH's average close to PAPA's
-    "mnist1d": dict(_MNIST1D, epochs=120),
-    # seconds, for tests and smoke runs; it still learns (members reach ~30-45% on MNIST-1D's
-    # 10 classes in 2 epochs), so an end-to-end test can tell a broken learner from a working one
-    "tiny": dict(
-        dataset="mnist1d",
-        model="cnn1d",
-        width=16,
-        epochs=2,
-        batch_size=32,
-        lr=0.1,
-        n_train=2048,
-        n_members=3,
-        eval_batch_size=512,
-        barrier_points=5,
-        barrier_samples=200,
-        progress=False,
-    ),
-    "digits": dict(
-        _SMALL,
-        dataset="digits",
-        model="cnn_digits",
-        epochs=30,
-        batch_size=64,
-    ),
-    "cifar10-resnet18": dict(_CIFAR, dataset="cifar10", weight_decay=1e-4),
-    "cifar100-resnet18": dict(_CIFAR, dataset="cifar100", weight_decay=5e-4),
-    # a short CIFAR-10 schedule for a quick GPU check, with the small-model WASH/PAPA recipe
-    "cifar10-short": _CIFAR | _SMALL | dict(dataset="cifar10", epochs=10, eval_every=2, lr=0.1),
-}
-
-
-def preset(name: str) -> TrainConfig:
-    if name not in PRESETS:
-        raise ConfigError(unknown_preset(name))
-    return TrainConfig(**{**PRESETS[name], "preset": name})
-
-
-# --- CLI ------------------------------------------------------------------------------------
-
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """--preset, --config FILE and repeated --set field=value (fields are TrainConfig's)."""
-    parser.add_argument(
-        "--preset",
-        default=None,
-        help=f"one of: {', '.join(PRESETS)} (default: mnist1d-fast, or the --config file's)",
-    )
-    parser.add_argument(
-        "--config", default=None, help="YAML file of field: value (may name a preset)"
-    )
-    add_set_argument(parser, "override one config field (repeatable); see `wash-sweeps fields`")
-
-
-def add_set_argument(parser: argparse.ArgumentParser, help: str) -> None:
-    """The repeatable `--set FIELD=VALUE` flag (read back with `parse_overrides`)."""
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE", help=help
-    )
-
-
-def add_nproc_argument(parser: argparse.ArgumentParser) -> None:
-    """`--nproc-per-trial K` of the sweep commands: each trial a torchrun job of K processes."""
-
-    def at_least_one(text: str) -> int:
-        value = int(text)
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{value}: must be >= 1")
-        return value
-
-    parser.add_argument(
-        "--nproc-per-trial",
-        type=at_least_one,
-        default=1,
-        help="run each trial under torchrun with this many processes (members split over them)",
-    )
-
-
-def parse_overrides(items: Sequence[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected FIELD=VALUE")
-        key, value = item.split("=", 1)
-        out[key.strip()] = value
-    return out
-
-
-def from_args(args: argparse.Namespace) -> TrainConfig:
-    overrides = parse_overrides(args.overrides)
-    if args.config:
-        extra = {"preset": args.preset} if args.preset else {}
-        return TrainConfig.from_yaml(args.config, **extra, **overrides)
-    return TrainConfig.from_preset(args.preset or "mnist1d-fast", **overrides)

@@ -36,7 +36,6 @@ from typing import Any
 import yaml
 
 from .config import (
-    PRESETS,
     ConfigError,
     TrainConfig,
     check_field,
@@ -46,6 +45,7 @@ from .config import (
     unknown_field,
     unknown_preset,
 )
+from .presets import PRESETS
 
 # `sweeps` 0.3 declares a pydantic-v1 config key; pydantic 2 warns about it at every import
 warnings.filterwarnings("ignore", message="Valid config keys have changed in V2")

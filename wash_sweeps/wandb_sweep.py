@@ -35,15 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import (
-    ConfigError,
-    TrainConfig,
-    add_nproc_argument,
-    add_set_argument,
-    check_field,
-    parse_overrides,
-    with_tracker,
-)
+from .config import ConfigError, TrainConfig, check_field, with_tracker
+from .config_cli import add_nproc_argument, add_set_argument, parse_overrides
 from .results import iter_jsonl, write_json
 from .sweep_spec import SweepSpec, load_spec
 from .tracking import shared_store

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from wash_sweeps.config import RUN_CONTROL, coerce, parse_overrides
+from wash_sweeps.config import RUN_CONTROL, coerce
+from wash_sweeps.config_cli import parse_overrides
 from wash_sweeps.results import RunFiles, read_json, write_json
 
 KEY_COLUMNS = ["run", "label", "method", "n_members", "p", "layer_schedule",

@@ -11,13 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import (
-    ConfigError,
-    TrainConfig,
-    add_nproc_argument,
-    add_set_argument,
-    parse_overrides,
-)
+from ..config import ConfigError, TrainConfig
+from ..config_cli import add_nproc_argument, add_set_argument, parse_overrides
 from ..errors import RunFailure
 from ..redact import STORAGE_ENV, redact_url
 from ..results import write_json
