@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import pickletools
 import textwrap
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -42,11 +44,17 @@ def one_error_line(err: str) -> str:
     return lines[0]
 
 
-def test_the_payload_really_runs_code_when_unpickled(tmp_path):
-    # the test's own check: loading this file the unsafe way does run the code
+def test_the_payload_would_run_code_when_unpickled(tmp_path):
+    """The test's own check, read without unpickling: the planted file's pickle stream calls
+    os.system with the marker command (so refusing it is what keeps the code from running)."""
     plant_checkpoint(tmp_path / "run", tmp_path / "ran")
-    torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
-    assert (tmp_path / "ran").exists()
+    with zipfile.ZipFile(tmp_path / "run" / "checkpoint.pt") as archive:
+        name = next(n for n in archive.namelist() if n.endswith("data.pkl"))
+        ops = [(op.name, arg) for op, arg, _ in pickletools.genops(archive.read(name))]
+    strings = [arg for _, arg in ops if isinstance(arg, str)]
+    assert ("GLOBAL", f"{os.system.__module__} system") in ops  # os.system, as the file names it
+    assert f"touch {tmp_path / 'ran'}" in strings and ("REDUCE", None) in ops
+    assert not (tmp_path / "ran").exists()
 
 
 def test_a_checkpoint_of_a_real_run_loads_with_weights_only(tmp_path, tiny_cfg):

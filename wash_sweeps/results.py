@@ -349,7 +349,7 @@ def _model_shape(cfg: Any, derived: dict[str, Any]) -> tuple[list[int], int]:
 
 
 def _load_reason(e: Exception) -> str:
-    """torch's refusal in a few words (its message also suggests weights_only=False: not that)."""
+    """torch's refusal in a few words (its message suggests turning weights_only off: never)."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     for ln in lines:
         if "unsupported" in ln.lower():
