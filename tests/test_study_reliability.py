@@ -12,8 +12,9 @@ import pytest
 
 from wash_sweeps.cli import main
 from wash_sweeps.config import ConfigError, TrainConfig
+from wash_sweeps.objectives import BN_METRICS, emitted_metrics, is_emitted
 from wash_sweeps.study import JOURNAL_NAME, open_storage, sampler_seed
-from wash_sweeps.sweep_spec import BN_METRICS, emitted_metrics, is_emitted, parse_spec
+from wash_sweeps.sweep_spec import parse_spec
 
 ONE = """
 name: one

@@ -20,13 +20,15 @@ the offline controller skips. The DVC grid (`dvc_grid`) drops inactive values an
     spec = load_spec("sweeps/wash_p.yaml")
     cfg = spec.resolve({"method": "wash", "p": 0.01})     # -> TrainConfig (ConfigError if bad)
     dvc_grid(load_spec("sweeps/method_grid.yaml"))        # -> [{field: value, ...}, ...]
+
+A parameter's distribution lives in `sweep_params`, the metric names a sweep may optimise (never
+a test/ key) in `objectives`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 import re
 import warnings
 from collections.abc import Mapping
@@ -39,13 +41,13 @@ from .config import (
     ConfigError,
     TrainConfig,
     check_field,
-    did_you_mean,
     field_names,
-    field_type,
     unknown_field,
     unknown_preset,
 )
+from .objectives import objectives_of
 from .presets import PRESETS
+from .sweep_params import Param, attach_conditions, parse_param
 
 # `sweeps` 0.3 declares a pydantic-v1 config key; pydantic 2 warns about it at every import
 warnings.filterwarnings("ignore", message="Valid config keys have changed in V2")
@@ -66,127 +68,6 @@ WANDB_KEYS = (
     "project",
     "entity",
 )
-PARAM_KEYS = ("value", "values", "min", "max", "distribution", "q")
-DISTRIBUTIONS = (
-    "constant",
-    "categorical",
-    "int_uniform",
-    "uniform",
-    "log_uniform_values",
-    "log_uniform",
-    "q_uniform",
-)
-# the metrics train_and_evaluate emits, exactly (tests/test_sweep_spec.py compares them with a
-# real run's summary): per split, the population, soups and ensemble; then the rest
-SPLIT_METRICS = (
-    "acc_member_mean",
-    "acc_member_min",
-    "acc_member_max",
-    "loss_member_mean",
-    "acc_ens",
-    "loss_ens",
-    "acc_avg",
-    "loss_avg",
-    "gap_ens_avg",
-    "acc_greedy",
-    "loss_greedy",
-    "acc_aligned",  # at the end, with align_at_end
-    "loss_aligned",
-)
-BN_METRICS = ("val/acc_avg_bn", "test/acc_avg_bn")  # models with BatchNorm only
-OTHER_METRICS = (
-    "val/greedy_size",
-    "train/loss",
-    "train/epoch",
-    "train/step",
-    "train/lr",
-    "div/consensus",
-    "div/pairwise_l2",
-    "div/disagreement",
-    "div/kl",
-    "barrier/mean",
-    "barrier/max",
-    "barrier/member_avg_mean",
-    "barrier/aligned_mean",
-    "comm/bytes_total",
-    "comm/bytes_per_member",
-    "comm/bytes_per_step",
-    "comm/dp_sgd_bytes_total",
-    "time/train_s",
-    "time/eval_s",
-    "time/wall_s",
-    "time/samples_per_s",
-)
-# keys with a member index or a layer name in them
-METRIC_PATTERNS = (
-    re.compile(r"member/\d+/(val|test)_acc"),
-    re.compile(r"div/consensus/[A-Za-z0-9_.]+"),
-)
-
-
-def emitted_metrics() -> tuple[str, ...]:
-    """Every fixed metric key train_and_evaluate writes (plus METRIC_PATTERNS' families)."""
-    split = tuple(f"{s}/{m}" for s in ("val", "test") for m in SPLIT_METRICS)
-    return (*split, *BN_METRICS, *OTHER_METRICS)
-
-
-def is_emitted(name: str) -> bool:
-    return name in emitted_metrics() or any(p.fullmatch(name) for p in METRIC_PATTERNS)
-
-
-# per-epoch and final metrics of train_and_evaluate are namespaced by these prefixes
-METRIC_PREFIXES = ("val/", "comm/", "div/", "barrier/", "train/", "time/", "member/")
-# the test split is only reported: no objective, pruning or selection may read it
-TEST_SPLIT_REFUSAL = (
-    "tuning on the test split is not allowed (the test split is only reported); "
-    "use the validation key"
-)
-GOALS = ("maximize", "minimize")
-DISCRETE = ("constant", "categorical", "int_uniform", "q_uniform")
-
-
-@dataclasses.dataclass(frozen=True)
-class Param:
-    """One swept field and its distribution; `when` = ((field, allowed values), ...)."""
-
-    name: str
-    distribution: str
-    values: tuple[Any, ...] = ()
-    low: float | None = None
-    high: float | None = None
-    q: float | None = None
-    when: tuple[tuple[str, tuple[Any, ...]], ...] = ()
-
-    @property
-    def is_int(self) -> bool:
-        return field_type(self.name) is int
-
-    def grid_values(self) -> list[Any]:
-        """Every value a grid takes (discrete distributions only)."""
-        if self.distribution in ("constant", "categorical"):
-            return list(self.values)
-        if self.distribution == "int_uniform":
-            return list(range(int(self.low), int(self.high) + 1))
-        if self.distribution == "q_uniform":
-            n = math.floor((self.high - self.low) / self.q + 1e-9)
-            vals = [self.low + i * self.q for i in range(n + 1)]
-            return [round(v) if self.is_int else round(v, 12) for v in vals]
-        raise ConfigError(
-            f"parameter {self.name!r} has a continuous distribution ({self.distribution}); "
-            "a grid needs values, int_uniform or q_uniform"
-        )
-
-    def suggest(self, trial: Any) -> Any:
-        """Draw this parameter from an Optuna trial (define-by-run)."""
-        d, name = self.distribution, self.name
-        if d in ("constant", "categorical"):
-            return trial.suggest_categorical(name, list(self.values))
-        if d == "int_uniform" or (d == "q_uniform" and self.is_int):
-            return trial.suggest_int(name, int(self.low), int(self.high), step=int(self.q or 1))
-        if d == "q_uniform":
-            return trial.suggest_float(name, self.low, self.high, step=self.q)
-        log = d in ("log_uniform_values", "log_uniform")
-        return trial.suggest_float(name, self.low, self.high, log=log)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -346,18 +227,18 @@ def parse_spec(raw: Any, path: str = "<sweep>") -> SweepSpec:
     if not isinstance(params_raw, dict) or not params_raw:
         raise ConfigError("parameters: must be a non-empty mapping of config field -> spec")
     preset = _preset(raw, params_raw)
-    objectives = _objectives(raw)
+    objectives = objectives_of(raw)
     base: dict[str, Any] = {"preset": preset}
     params: list[Param] = []
     for name, spec in params_raw.items():
         if name == "preset":
             continue
-        p = _param(name, spec)
+        p = parse_param(name, spec)
         if p.distribution == "constant" and len(p.values) == 1:
             base[name] = p.values[0]
         else:
             params.append(p)
-    params = _attach_conditions(raw.get("conditions"), params, base)
+    params = attach_conditions(raw.get("conditions"), params, base)
     early = _early_terminate(raw)
     cap = raw.get("run_cap")
     if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
@@ -398,152 +279,6 @@ def _preset(raw: dict, params_raw: dict) -> str:
     if name not in PRESETS:
         raise ConfigError(unknown_preset(name))
     return name
-
-
-def names_test_split(name: str) -> bool:
-    """Whether a metric key is measured on the test split (`test/...`, `member/<i>/test_...`)."""
-    parts = name.split("/")
-    return parts[0] == "test" or (parts[0] == "member" and parts[-1].startswith("test_"))
-
-
-def refuse_test_split(name: Any, where: str) -> None:
-    """One line, exit 2 upstream: an objective on a test key would tune on the test split."""
-    if isinstance(name, str) and names_test_split(name):
-        val = name.replace("test/", "val/", 1).replace("/test_", "/val_")
-        raise ConfigError(f"{where}: name={name!r}: {TEST_SPLIT_REFUSAL} ({val})")
-
-
-def _check_metric(name: Any, goal: Any, where: str) -> tuple[str, str]:
-    refuse_test_split(name, where)
-    if not isinstance(name, str) or not is_emitted(name):
-        allowed = [m for m in emitted_metrics() if not m.startswith("test/")]
-        raise ConfigError(
-            f"{where}: name={name!r} is not a metric of train_and_evaluate; allowed: "
-            f"{', '.join(allowed)}, member/<i>/val_acc, div/consensus/<layer>"
-        )
-    if goal not in GOALS:
-        raise ConfigError(f"{where}: goal={goal!r}: allowed values are maximize, minimize")
-    return name, goal
-
-
-def _objectives(raw: dict) -> tuple[tuple[str, str], ...]:
-    objs = raw.get("objectives")
-    metric = raw.get("metric")
-    if metric is not None and not isinstance(metric, dict):
-        raise ConfigError("metric: must be a mapping {name: ..., goal: maximize|minimize}")
-    if objs is None:
-        if metric is None:
-            raise ConfigError("metric: missing; e.g. {name: val/acc_avg, goal: maximize}")
-        return (_check_metric(metric.get("name"), metric.get("goal", "minimize"), "metric"),)
-    if not isinstance(objs, list) or len(objs) < 2 or not all(isinstance(o, dict) for o in objs):
-        raise ConfigError("objectives: must be a list of at least two {name, goal} mappings")
-    out = tuple(
-        _check_metric(o.get("name"), o.get("goal"), f"objectives[{i}]") for i, o in enumerate(objs)
-    )
-    if len({n for n, _ in out}) != len(out):
-        raise ConfigError("objectives: the same metric appears twice")
-    if metric is not None and (metric.get("name"), metric.get("goal", "minimize")) != out[0]:
-        raise ConfigError("metric: must equal the first of objectives (W&B optimises that one)")
-    return out
-
-
-def _param(name: str, spec: Any) -> Param:
-    if name not in field_names():
-        raise ConfigError(
-            f"parameter {name!r} is not a config field; {did_you_mean(name, field_names())}"
-            "(`wash-sweeps fields` lists every field)"
-        )
-    if not isinstance(spec, dict):
-        raise ConfigError(f"parameter {name!r}: must be a mapping such as {{values: [...]}}")
-    extra = sorted(set(spec) - set(PARAM_KEYS))
-    if extra:
-        raise ConfigError(
-            f"parameter {name!r}: key {extra[0]!r} is not supported; allowed: "
-            f"{', '.join(PARAM_KEYS)}"
-        )
-    dist = spec.get("distribution") or _infer(name, spec)
-    if dist not in DISTRIBUTIONS:
-        raise ConfigError(
-            f"parameter {name!r}: distribution {dist!r} is not supported; "
-            f"allowed: {', '.join(DISTRIBUTIONS)}"
-        )
-    where = f"parameter {name!r}"
-    if dist in ("constant", "categorical"):
-        vals = [spec["value"]] if "value" in spec else spec.get("values")
-        if not isinstance(vals, list) or not vals:
-            raise ConfigError(f"{where}: {dist} needs value: X or a non-empty values: [...]")
-        return Param(name, dist, values=tuple(_value(name, v) for v in vals))
-    if "min" not in spec or "max" not in spec:
-        raise ConfigError(f"{where}: distribution {dist} needs min and max")
-    lo, hi = spec["min"], spec["max"]
-    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (lo, hi)):
-        raise ConfigError(f"{where}: min and max must be numbers, got {lo!r} and {hi!r}")
-    if not lo < hi:
-        raise ConfigError(f"{where}: min={lo} must be less than max={hi}")
-    if dist == "log_uniform":  # W&B's log_uniform takes min/max as natural logarithms
-        lo, hi = math.exp(lo), math.exp(hi)
-    if dist == "log_uniform_values" and lo <= 0:
-        raise ConfigError(f"{where}: log_uniform_values needs min > 0, got {lo}")
-    q = spec.get("q")
-    if dist == "q_uniform" and (not isinstance(q, int | float) or isinstance(q, bool) or q <= 0):
-        raise ConfigError(f"{where}: q_uniform needs q > 0, got {q!r}")
-    if dist == "q_uniform" and field_type(name) is int and not float(q).is_integer():
-        raise ConfigError(f"{where}: {name} is an integer field; q must be a whole number, got {q}")
-    if field_type(name) is int and dist in ("uniform", "log_uniform_values", "log_uniform"):
-        raise ConfigError(f"{where}: {name} is an integer field; use int_uniform or values")
-    if field_type(name) not in (int, float):
-        raise ConfigError(f"{where}: {name} is not numeric; use values: [...]")
-    _value(name, lo), _value(name, hi)
-    return Param(name, dist, low=lo, high=hi, q=q)
-
-
-def _infer(name: str, spec: dict) -> str:
-    if "value" in spec:
-        return "constant"
-    if "values" in spec:
-        return "categorical"
-    if isinstance(spec.get("min"), int) and isinstance(spec.get("max"), int):
-        return "int_uniform" if field_type(name) is int else "uniform"
-    return "uniform"
-
-
-def _value(name: str, v: Any) -> Any:
-    try:
-        return check_field(name, v)
-    except ConfigError as e:
-        raise ConfigError(f"parameter {name!r}: {e}") from None
-
-
-def _attach_conditions(conds: Any, params: list[Param], base: dict) -> list[Param]:
-    if conds is None:
-        return params
-    if not isinstance(conds, dict):
-        raise ConfigError("conditions: must map a parameter to {field: value or [values]}")
-    by_name = {p.name: p for p in params}
-    for name, cond in conds.items():
-        if name not in by_name:
-            raise ConfigError(f"conditions: {name!r} is not a swept parameter of this file")
-        if not isinstance(cond, dict) or not cond:
-            raise ConfigError(f"conditions.{name}: must be a mapping {{field: value or [values]}}")
-        when = []
-        for field, allowed in cond.items():
-            if field not in field_names():
-                raise ConfigError(
-                    f"conditions.{name}: {field!r} is not a config field; "
-                    f"{did_you_mean(field, field_names())}"
-                )
-            if field in conds:
-                raise ConfigError(
-                    f"conditions.{name}: {field!r} is itself conditional; "
-                    "a condition may only read unconditioned fields"
-                )
-            allowed = allowed if isinstance(allowed, list) else [allowed]
-            try:
-                when.append((field, tuple(check_field(field, v) for v in allowed)))
-            except ConfigError as e:
-                raise ConfigError(f"conditions.{name}: {e}") from None
-        by_name[name] = dataclasses.replace(by_name[name], when=tuple(when))
-    return [by_name[p.name] for p in params]
 
 
 def _schema_check(raw: dict) -> None:
