@@ -45,18 +45,23 @@ def _splits(run: Run) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     return out
 
 
-def _soup_metrics(run: Run, params: torch.Tensor, buffers: torch.Tensor, spare) -> dict[str, float]:
+def _soup_metrics(
+    run: Run, params: torch.Tensor, buffers: torch.Tensor, spare
+) -> tuple[dict[str, float], torch.Tensor]:
+    """The uniform soup's accuracy and loss on each split, and its test logits (the barrier
+    curves to the average reuse them as their end point)."""
     bs = run.cfg.eval_batch_size
     model = load_into(uniform_soup(params, buffers), spare)
-    out = {}
+    out, test_logits = {}, None
     for split, (x, y) in _splits(run).items():
         logits = logits_of(model, x, bs)
         out[f"{split}/acc_avg"], out[f"{split}/loss_avg"] = accuracy(logits, y), loss(logits, y)
+        test_logits = logits  # test is the last split
     if run.pop.has_bn:
         model = reestimate_bn(load_into(uniform_soup(params, buffers), spare), _bn_batches(run))
         for split, (x, y) in _splits(run).items():
             out[f"{split}/acc_avg_bn"] = accuracy(logits_of(model, x, bs), y)
-    return out
+    return out, test_logits
 
 
 def _barriers(
@@ -98,15 +103,15 @@ class EndLosses:
         return None if end is None else (self.members[i], end)
 
 
-def _end_losses(run: Run, test_logits: torch.Tensor, params, buffers, spare) -> EndLosses:
+def _end_losses(run: Run, member_logits: torch.Tensor, soup_logits: torch.Tensor) -> EndLosses:
+    """From the test logits already computed this evaluation: no extra forward pass."""
     cfg, data = run.cfg, run.data
     if run.pop.has_bn and cfg.barrier_bn_reestimate:
         return EndLosses()
     n = cfg.barrier_samples or len(data.y_test)
     y = data.y_test[:n]
-    members = [loss(test_logits[i, :n], y) for i in range(test_logits.shape[0])]
-    model = load_into(uniform_soup(params, buffers), spare)
-    return EndLosses(members, loss(logits_of(model, data.x_test[:n], cfg.eval_batch_size), y))
+    members = [loss(member_logits[i, :n], y) for i in range(member_logits.shape[0])]
+    return EndLosses(members, loss(soup_logits[:n], y))
 
 
 def _curve_fn(run: Run, spare, points: int) -> Callable[..., list[float]]:
@@ -170,7 +175,8 @@ def evaluate(run: Run, train_loss: float, final: bool = False) -> dict[str, Any]
     for split, (_, y) in _splits(run).items():
         m.update(population_predictions(logits[split], y, split))
     m.update(disagreement_and_kl(logits["test"]))
-    m.update(_soup_metrics(run, params, buffers, spare))
+    soup, soup_logits = _soup_metrics(run, params, buffers, spare)
+    m.update(soup)
     for split in _splits(run):
         m[f"{split}/gap_ens_avg"] = m[f"{split}/acc_ens"] - m[f"{split}/acc_avg"]
     m.update(consensus_distance(params, pop.spec.layer_slices()))
@@ -178,7 +184,7 @@ def evaluate(run: Run, train_loss: float, final: bool = False) -> dict[str, Any]
     curves: dict[str, list[float]] = {}
     ends = EndLosses()
     if final or (cfg.barrier_every and st.evals % cfg.barrier_every == 0):
-        ends = _end_losses(run, logits["test"], params, buffers, spare)
+        ends = _end_losses(run, logits["test"], soup_logits)
         bm, curves = _barriers(run, params, buffers, spare, ends, final)
         m.update(bm)
     if final:
