@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .config import ConfigError
+from .console import say
 from .errors import RunFailure
 from .redact import redact_text
 
@@ -153,10 +154,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         mod = importlib.import_module(args._module)
         return int(mod.run(args.command, args) or 0)
     except ConfigError as e:
-        print(f"wash-sweeps: error: {redact_text(str(e))}", file=sys.stderr)
+        say(f"wash-sweeps: error: {redact_text(str(e))}", sys.stderr)
         return 2
     except RunFailure as e:
-        print(f"wash-sweeps: error: {redact_text(str(e))}", file=sys.stderr, flush=True)
+        say(f"wash-sweeps: error: {redact_text(str(e))}", sys.stderr)
         return 1
     except BrokenPipeError:  # `wash-sweeps fields | head`: the reader left, nothing is wrong
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

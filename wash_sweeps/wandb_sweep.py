@@ -37,6 +37,7 @@ from typing import Any
 
 from .config import ConfigError, TrainConfig, check_field, with_tracker
 from .config_cli import add_nproc_argument, add_set_argument, parse_overrides
+from .console import say
 from .results import iter_jsonl, write_json
 from .sweep_spec import SweepSpec, load_spec
 from .tracking import shared_store
@@ -167,7 +168,7 @@ def _run_one(
     record: dict[str, Any] = {"name": name, "proposal": values, "key": key, "history": []}
     earlier = next((r for r in records if r["key"] == key and r["state"] != "duplicate"), None)
     if earlier is not None:  # an inactive conditional parameter changed: same config
-        print(f"[{spec.name}] {name}: same config as {earlier['name']}, skipped", flush=True)
+        say(f"[{spec.name}] {name}: same config as {earlier['name']}, skipped")
         return {**record, "state": "duplicate", "duplicate_of": earlier["name"], "summary": {}}
     run_dir = out / "runs" / name
     current = SweepRun(name=name, state=RunState.running, config=config, history=[])
@@ -193,10 +194,9 @@ def _run_one(
         seconds=round(time.perf_counter() - start, 2),
     )
     value = record["summary"].get(spec.metric)
-    print(
+    say(
         f"[{spec.name}] {name} {state} {spec.metric}={value} {note} "
-        f"{ {k: values[k] for k in _swept(spec) if k in values} } {record['seconds']} s",
-        flush=True,
+        f"{ {k: values[k] for k in _swept(spec) if k in values} } {record['seconds']} s"
     )
     return record
 

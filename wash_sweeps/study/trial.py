@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, TrainConfig
+from ..console import say
 from ..errors import RunFailure
 from ..redact import redact_text
 from ..results import RunFiles
@@ -81,10 +82,7 @@ def run_trial(
         trial.set_user_attr(FAIL_REASON, note)
     link_trackers(trial, attempt.run_dir)  # a torchrun job's rank 0 opened them
     study.tell(trial, values if state == TrialState.COMPLETE else None, state=state)
-    print(
-        _outcome_line(study, trial, state.name, spec, params, values, note, start),
-        flush=True,
-    )
+    say(_outcome_line(study, trial, state.name, spec, params, values, note, start))
 
 
 def _begin(study: Any, storage: Any, trial: Any, out: Path) -> Attempt:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError
+from ..console import say
 from ..redact import STORAGE_ENV
 from ..runtime import assign_gpus, parse_gpus, visible_gpus
 from ..sweep_spec import SweepSpec
@@ -62,10 +63,7 @@ def _next_trial(
 
     with slot_lock(out, storage, study.study_name):
         for n in fail_stale(study, storage, grace, max_retry):
-            print(
-                f"[{study.study_name}] trial {n}: no heartbeat for {grace} s, failed, retry queued",
-                flush=True,
-            )
+            say(f"[{study.study_name}] trial {n}: no heartbeat for {grace} s, failed, retry queued")
         trials = study.get_trials(deepcopy=False)
         full = used_slots(trials) >= n_trials
         if full and not any(t.state == TrialState.RUNNING for t in trials):

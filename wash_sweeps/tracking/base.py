@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..console import say
 from ..redact import redact_text
 
 
@@ -120,7 +121,7 @@ class FanOut(_Forwarding):
 
 
 def warn(message: str) -> None:
-    print(f"wash-sweeps: warning: {redact_text(message)}", file=sys.stderr, flush=True)
+    say(f"wash-sweeps: warning: {redact_text(message)}", sys.stderr)
 
 
 def first_line(e: BaseException) -> str:
