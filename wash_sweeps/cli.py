@@ -71,6 +71,11 @@ COMMANDS = {
         "draw the paper's figures from result files",
         "wash-sweeps figures --tables docs/results/tables --out /tmp/figures",
     ),
+    "showcase": (
+        "wash_sweeps.showcase",
+        "the fair comparison: tune every method, then plan its runs",
+        "wash-sweeps showcase tune sweeps/showcase.yaml --task digits",
+    ),
     "bench": (
         "wash_sweeps.benchmarks.run",
         "measure training, shuffle and exchange speed",
