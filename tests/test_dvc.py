@@ -1,8 +1,9 @@
 """The real pipeline, reproduced by real DVC in a `git clone` of this repository (the user's
 path: the clone's own .gitignore, .dvcignore, dvc.yaml and params.yaml, not rebuilt copies).
 
-Only params.yaml's values are shrunk (the tiny preset, two runs, one study trial). Slow (about a
-minute on 2 loaded cores): `pytest -m slow tests/test_dvc.py`. The clone holds what is committed.
+Only sweeps/showcase.yaml's values are shrunk (tiny schedules, two trials per method). Slow
+(a few minutes on 2 loaded cores): `pytest -m slow tests/test_dvc.py`. The clone holds what is
+committed.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -21,7 +23,6 @@ from wash_sweeps.cli import main
 from wash_sweeps.grid import GENERATED
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_RUNS = [{"method": "independent", "seed": 0}, {"method": "wash", "p": 0.01, "seed": 0}]
 
 
 def env() -> dict[str, str]:
@@ -50,14 +51,46 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return repo
 
 
+TINY_SHOWCASE = {
+    "metric": "val/acc_avg",
+    "n_members": 2,
+    "tuning_seed": 100,
+    "seeds": [0, 1],
+    "workers": 1,
+    "jobs": 2,
+    "methods": {
+        "independent": {},
+        "wash": {"p": {"distribution": "log_uniform_values", "min": 0.001, "max": 0.1}},
+        "papa": {"papa_rate": {"values": [0.05, 0.2]}},
+    },
+    "tasks": {  # the task names of dvc.yaml's `foreach`, on tiny schedules
+        "mnist1d": {
+            "preset": "tiny",
+            "trials": 2,
+            "set": {"epochs": 1, "n_train": 256},
+            "fronts": {"wash": {"p": [0.003]}},
+            "map": {"p": [0.003], "n_members": [3]},
+        },
+        "digits": {
+            "preset": "digits",
+            "trials": 2,
+            "set": {"epochs": 1, "eval_every": 1, "barrier_every": 0, "barrier_samples": 200},
+            "fronts": {"papa": {"papa_every": [5]}},
+            "map": {"p": [0.003]},
+        },
+    },
+}
+
+
 def shrink(repo: Path) -> None:
-    """The clone's params.yaml with tiny values (its keys must exist: a renamed key fails)."""
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    assert {"train", "jobs", "grids", "runs", "study"} <= set(params)
-    params["train"] = {"preset": "tiny", "epochs": 2, "eval_every": 1, "progress": False}
-    params["runs"] = TINY_RUNS
-    params["study"] |= {"trials": 1, "workers": 1}
-    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    """The clone's sweeps/showcase.yaml with tiny values (its keys must exist: a renamed key
+    fails)."""
+    spec = yaml.safe_load((repo / "sweeps/showcase.yaml").read_text())
+    assert set(TINY_SHOWCASE) <= set(spec) and set(spec["tasks"]) == set(TINY_SHOWCASE["tasks"])
+    (repo / "sweeps/showcase.yaml").write_text(yaml.safe_dump(TINY_SHOWCASE))
+
+
+STAGES = ["tune@mnist1d", "tune@digits", "plan", "train", "report"]
 
 
 @pytest.mark.slow
@@ -67,61 +100,62 @@ def test_dvc_reads_the_pipeline_in_a_fresh_clone(clone: Path) -> None:
     assert "dvc.lock" not in (clone / ".gitignore").read_text()
     sh(clone, "dvc", "status")
     dag = sh(clone, "dvc", "dag", "dvc.yaml").stdout
-    assert all(stage in dag for stage in ("train_grid", "study", "aggregate", "figures"))
+    assert all(stage in dag for stage in STAGES)
     # before a first run DVC's plain `--dry` cannot hash the missing outputs that later stages
     # depend on (DVC issue 9021); `--force` lists every command without hashing them
-    dry = sh(clone, "dvc", "repro", "--dry", "--force").stdout
-    assert "python -m wash_sweeps grid params.yaml" in dry
-    assert dry.count("Running stage") == 4
+    dry = sh(clone, "dvc", "repro", "--dry", "--force", "dvc.yaml").stdout
+    assert "python -m wash_sweeps showcase tune sweeps/showcase.yaml --task digits" in dry
+    assert dry.count("Running stage") == len(STAGES)
+
+
+def test_dvc_tunes_every_task_of_the_showcase_file() -> None:
+    """dvc.yaml's `foreach` lists exactly the tasks of sweeps/showcase.yaml, and `plan`
+    depends on each task's tuning directory (a task added to one and not the other fails)."""
+    tasks = set(yaml.safe_load((ROOT / "sweeps/showcase.yaml").read_text())["tasks"])
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert set(stages["tune"]["foreach"]) == tasks
+    assert {f"outputs/showcase/{t}/tuning" for t in tasks} <= set(stages["plan"]["deps"])
 
 
 @pytest.mark.slow
 def test_dvc_repro_and_exp_run_in_a_clone(clone: Path) -> None:
     shrink(clone)
-    stages = sh(clone, "dvc", "stage", "list", "--name-only").stdout.split()
-    assert stages == ["train_grid", "study", "aggregate", "figures"]  # not gpu/dvc.yaml's
-    first = sh(clone, "dvc", "repro").stdout
+    stages = sh(clone, "dvc", "stage", "list", "--name-only", "dvc.yaml").stdout.split()
+    assert stages == STAGES  # not gpu/dvc.yaml's
+    first = sh(clone, "dvc", "repro", "dvc.yaml").stdout
     assert first.count("Running stage") == len(stages)
-    assert "[2/2]" in first  # one progress line per finished run
-    listed = json.loads((clone / "outputs/runs/grid.json").read_text())["runs"]
-    assert len(listed) == 2 and all(
-        (clone / "outputs/runs" / r / "summary.json").exists() for r in listed
+    roles = json.loads((clone / "outputs/showcase/roles.json").read_text())
+    assert roles and all(
+        (clone / "outputs/showcase/runs" / name / "summary.json").exists() for name in roles
     )
-    for fig in ("fig1_accuracy_vs_p", "fig3_diversity", "fig4_barriers", "fig5_accuracy_vs_bytes"):
-        assert (clone / "docs/results/figures" / f"{fig}.png").stat().st_size > 1000
-    assert (clone / "docs/results/figures/fig7_wash-p_optimization_history.png").exists()
-    assert (clone / "docs/results/headline.md").exists()
+    for task in ("mnist1d", "digits"):  # every figure of every task, and the report names it
+        for fig in ("methods", "front", "failure_map"):
+            assert (clone / f"docs/results/figures/{task}_{fig}.png").stat().st_size > 1000
+    report = (clone / "docs/results/report.md").read_text()
+    assert "## mnist1d" in report and "## digits" in report and "not finished" not in report
+    assert (clone / "docs/results/headline.md").read_text().startswith("On mnist1d")
 
-    # the only metrics file is the small aggregated one (no per-run summaries: few columns)
-    metrics = json.loads(sh(clone, "dvc", "metrics", "show", "--json").stdout)
+    # the only metrics file is the small aggregated one: each task's methods, test accuracy
+    metrics = json.loads(sh(clone, "dvc", "metrics", "show", "--json", "dvc.yaml").stdout)
     files = next(iter(metrics.values()))["data"]
-    assert list(files) == ["docs/results/tables/summary.json"]
-    table = files["docs/results/tables/summary.json"]["data"]
-    assert table["N3 independent"]["n"] == 1 and 0 <= table["N3 independent"]["test/acc_avg"] <= 1
+    assert list(files) == ["docs/results/summary.json"]
+    table = files["docs/results/summary.json"]["data"]["test/acc_avg"]
+    assert set(table) == {"mnist1d", "digits"} and 0 <= table["digits"]["wash"] <= 1
 
-    # tabular plots: DVC reads x and y columns (so `dvc plots diff` overlays experiments)
-    plots = json.loads(sh(clone, "dvc", "plots", "show", "--json").stdout)
-    tabular = {"accuracy_over_epochs", "accuracy_vs_p", "accuracy_vs_bytes"}
-    errors = {e["name"] for e in plots.get("errors", [])}
-    assert tabular <= set(plots["data"]) and not errors & tabular
-    assert errors <= {
-        f"docs/results/figures/{f}.png" for f in ("fig2_accuracy_vs_n", "fig6_ablation")
-    }
-    epochs = plots["data"]["accuracy_over_epochs"][0]["content"]
-    assert "wash" in json.dumps(epochs) and "epoch" in json.dumps(epochs)
-
-    assert "Running stage" not in sh(clone, "dvc", "repro", "--dry").stdout
+    assert "Running stage" not in sh(clone, "dvc", "repro", "--dry", "dvc.yaml").stdout
     # nothing changed: a second repro runs no stage, and status is clean
-    second = sh(clone, "dvc", "repro").stdout
+    second = sh(clone, "dvc", "repro", "dvc.yaml").stdout
     assert "Running stage" not in second
     assert json.loads(sh(clone, "dvc", "status", "dvc.yaml", "--json").stdout) == {}
 
-    # an experiment with another parameter: only the new grid is aggregated
-    sh(clone, "dvc", "exp", "run", "-S", "train.epochs=1", "-n", "one-epoch")
-    runs = json.loads((clone / "docs/results/tables/runs.json").read_text())
-    assert len(runs) == 2 and {r["epochs"] for r in runs} == {1}
+    # an experiment with other fresh seeds: the tuning is kept, the report has the new seeds
+    exp = sh(clone, "dvc", "exp", "run", "-S", "sweeps/showcase.yaml:seeds=[0,2]", "-n", "s02")
+    assert "Running stage 'tune@" not in exp.stdout and "Running stage 'plan'" in exp.stdout
+    runs = pd.read_csv(clone / "docs/results/tables/showcase_runs.csv")
+    reported = runs[runs["roles"].str.contains("report")]
+    assert set(reported["seed"]) == {0, 2}
     show = json.loads(sh(clone, "dvc", "exp", "show", "--json").stdout)
-    assert "one-epoch" in json.dumps(show)
+    assert "s02" in json.dumps(show)
 
 
 def test_params_yaml_agrees_with_the_sweep_files(capsys: pytest.CaptureFixture) -> None:
@@ -144,7 +178,7 @@ def test_dvc_params_rewrites_a_stale_file(tmp_path: Path, capsys: pytest.Capture
     assert main(args) == 0
     assert main([*args, "--check"]) == 0
     text = (tmp_path / "params.yaml").read_text()
-    assert text.startswith("# Parameters of the CPU-scale reproduction") and GENERATED in text
+    assert text.startswith("# Parameters of the exploratory grid") and GENERATED in text
     runs = yaml.safe_load(text)["runs"]
     assert {"method": "papa", "papa_rate": 0.1, "preset": "mnist1d-fast", "seed": 7} in runs
 
