@@ -187,7 +187,7 @@ def headline(runs: pd.DataFrame, tasks: list[str]) -> str:
             f"model reaches {mean_std(wash)[0] * 100:.1f} % test accuracy against PAPA's "
             f"{mean_std(papa)[0] * 100:.1f} % (paired difference {interval(d)} points) and the "
             f"independent ensemble's {mean_std(ens)[0] * 100:.1f} % ({interval(e)}), sending "
-            f"{mb:.1f} MB to PAPA's {mb_papa:.1f} MB; the naive average of independent members "
+            f"{mb:.3g} MB to PAPA's {mb_papa:.3g} MB; the naive average of independent members "
             f"gets {naive * 100:.1f} %."
         )
     return " ".join(parts) or "No reported runs yet."
