@@ -137,7 +137,7 @@ def test_dvc_repro_and_exp_run_in_a_clone(clone: Path) -> None:
     assert "On mnist1d (n = 2 fresh seeds" in headline and "On digits (n = 2" in headline
 
     # the only metrics file is the small aggregated one: each task's methods, test accuracy
-    metrics = json.loads(sh(clone, "dvc", "metrics", "show", "--json", "dvc.yaml").stdout)
+    metrics = json.loads(sh(clone, "dvc", "metrics", "show", "--json").stdout)
     files = next(iter(metrics.values()))["data"]
     assert list(files) == ["docs/results/summary.json"]
     table = files["docs/results/summary.json"]["data"]["test/acc_avg"]
