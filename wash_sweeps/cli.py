@@ -33,7 +33,7 @@ COMMANDS = {
     ),
     "demo": (
         "wash_sweeps.commands",
-        "the default demo: each method on MNIST-1D, one table",
+        "independent, PAPA and WASH on digits (< 2 min): one table, one figure",
         "wash-sweeps demo --epochs 5 --methods papa,wash",
     ),
     "fields": (

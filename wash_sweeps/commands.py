@@ -47,6 +47,7 @@ def add_arguments(command: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--out-dir", default="runs/demo", help="where the demo's runs go")
         p.add_argument("--methods", default="independent,papa,wash", help="comma list of methods")
         p.add_argument("--seed", type=int, default=0, help="base seed of every run")
+        p.add_argument("--jobs", type=int, default=2, help="runs side by side (one thread each)")
 
 
 def run(command: str, args: argparse.Namespace) -> int:
@@ -156,32 +157,9 @@ def format_summary(s: dict) -> str:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """Each method on MNIST-1D (preset mnist1d-fast), then one comparison table."""
-    from .train import train_and_evaluate
+    from .demo import run_demo
 
-    rows = []
-    for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
-        overrides = {"method": method, "seed": args.seed, "out_dir": args.out_dir}
-        if args.epochs:
-            overrides["epochs"] = args.epochs
-        cfg = TrainConfig.from_preset("mnist1d-fast", **overrides)
-        print(f"== {method} ({cfg.epochs} epochs, N={cfg.n_members})", flush=True)
-        s = train_and_evaluate(cfg, resume=True)  # a finished run of this config is reused
-        rows.append((method, s))
-    print()
-    print("test accuracy in % (the greedy soup chosen on the validation split)")
-    print(
-        f"{'method':<12} {'members':>8} {'ensemble':>9} {'averaged':>9} {'greedy':>7} "
-        f"{'MB sent':>9} {'barrier':>8}"
-    )
-    for method, s in rows:
-        print(
-            f"{method:<12} {100 * s['test/acc_member_mean']:8.1f} {100 * s['test/acc_ens']:9.1f} "
-            f"{100 * s['test/acc_avg']:9.1f} {100 * s.get('test/acc_greedy', float('nan')):7.1f} "
-            f"{s['comm/bytes_total'] / 1e6:9.3f} {s.get('barrier/mean', float('nan')):8.4f}"
-        )
-    print(f"\nrun directories: {args.out_dir}/ (config.json, metrics.jsonl, summary.json)")
-    return 0
+    return run_demo(args)
 
 
 def _fields(args: argparse.Namespace) -> int:

@@ -159,7 +159,7 @@ def _grid(args: argparse.Namespace) -> int:
     (out / GRID_LIST).write_text(json.dumps({"runs": names}, indent=1) + "\n")
     unique = list({cfg.run_dir().name: cfg for cfg in configs}.values())
     print(f"grid: {len(unique)} runs, {jobs} at a time, under {out}", flush=True)
-    failed = _run_all(unique, jobs)
+    failed = run_all(unique, jobs)
     if failed:
         print(f"grid: {len(failed)} run(s) failed: {'; '.join(failed)}", file=sys.stderr)
         return 1
@@ -177,7 +177,7 @@ def finished(cfg: TrainConfig) -> bool:
     return same and summary.get("train/epoch", -1) >= cfg.epochs
 
 
-def _run_all(configs: list[TrainConfig], jobs: int) -> list[str]:
+def run_all(configs: list[TrainConfig], jobs: int) -> list[str]:
     """Train `configs` with `jobs` processes, one line of progress per finished run."""
     failed: list[str] = []
     todo = [cfg for cfg in configs if not finished(cfg)]

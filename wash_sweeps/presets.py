@@ -73,6 +73,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         epochs=30,
         batch_size=64,
     ),
+    # `wash-sweeps demo`: digits on a short schedule, evaluated once at the end (docs/LOG.md,
+    # 2026-12-01, "the demo": the cheapest setting in which the paper's claims can be checked)
+    "demo": dict(
+        _SMALL,
+        dataset="digits",
+        model="cnn_digits",
+        epochs=15,
+        batch_size=64,
+        eval_every=15,
+        barrier_every=0,
+    ),
     "cifar10-resnet18": dict(_CIFAR, dataset="cifar10", weight_decay=1e-4),
     "cifar100-resnet18": dict(_CIFAR, dataset="cifar100", weight_decay=5e-4),
     # a short CIFAR-10 schedule for a quick GPU check, with the small-model WASH/PAPA recipe
