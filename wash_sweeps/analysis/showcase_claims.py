@@ -76,8 +76,8 @@ def claim_close(runs: pd.DataFrame, task: str) -> Claim:
         "WASH's averaged model is close to its ensemble and to PAPA's average",
         verdict,
         f"WASH averaged - WASH ensemble: {interval(own)}; WASH averaged - PAPA "
-        f"averaged: {interval(papa)} points; rule: interval above -{CLOSE * 100:.0f} "
-        "point for both",
+        f"averaged: {interval(papa)} points; rule: holds when both intervals lie above "
+        f"-{CLOSE * 100:.0f} point, refuted when either lies wholly below",
     )
 
 

@@ -90,12 +90,13 @@ def comparisons(runs: pd.DataFrame, task: str) -> list[tuple[str, Any]]:
     """(what, paired difference) of every comparison the report states, in points."""
     out = []
     for m in methods_in(report_runs(runs, task)):
+        name = "independent, naive average" if m == "independent" else f"{style.label(m)} averaged"
         if m != "papa":
-            what = f"{style.label(m)} averaged - PAPA averaged"
+            what = f"{name} - PAPA averaged"
             out.append((what, paired(runs, task, m, "test/acc_avg", "papa", "test/acc_avg")))
-        what = f"{style.label(m)} averaged - independent ensemble"
+        what = f"{name} - independent ensemble"
         out.append((what, paired(runs, task, m, "test/acc_avg", "independent", "test/acc_ens")))
-    what = "independent aligned average - PAPA averaged"
+    what = "independent, aligned average - PAPA averaged"
     out.append(
         (what, paired(runs, task, "independent", "test/acc_aligned", "papa", "test/acc_avg"))
     )
