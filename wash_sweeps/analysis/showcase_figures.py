@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from . import style
-from .showcase_data import has_role, methods_in, per_seed, report_runs, seed0_runs
+from .showcase_data import methods_in, per_seed, report_runs, seed0_runs
 
 AXIS = {"wash": "p", "papa": "papa_every", "papa_all": "papa_all_every"}
 AXIS_LABEL = {"p": "p", "papa_every": "every", "papa_all_every": "K"}
@@ -79,75 +79,71 @@ def fig_methods(runs: pd.DataFrame, task: str, out: Path) -> Path:
     return style.save(fig, out / f"{task}_methods")[0]
 
 
+def _front_points(df: pd.DataFrame, chosen: pd.DataFrame, m: str) -> pd.DataFrame:
+    pts = pd.concat([df[df["method"] == m], chosen[chosen["method"] == m]])
+    return pts.drop_duplicates("run").sort_values("comm/mb_total")
+
+
 def fig_front(runs: pd.DataFrame, task: str, out: Path) -> Path:
-    """Averaged-model accuracy against MB sent along each method's communication axis."""
+    """Averaged-model accuracy against MB sent along each method's communication axis; points
+    far below the rest sit on the bottom edge as triangles, their value written beside them."""
     df = seed0_runs(runs, task, "front")
     chosen = report_runs(runs, task)
     seed0 = chosen["seed"].min() if not chosen.empty else 0
     chosen = chosen[chosen["seed"] == seed0]
-    fig, ax = style.figure()
-    for m in methods_in(pd.concat([df, chosen])):
-        axis = AXIS.get(m)
-        pts = pd.concat([df[df["method"] == m], chosen[chosen["method"] == m]])
-        pts = pts.drop_duplicates("run").sort_values("comm/mb_total")
-        if m == "independent" or pts.empty:
-            continue
-        x, y = pts["comm/mb_total"].to_numpy(), pts["test/acc_avg"].to_numpy() * 100
-        ax.plot(x, y, marker="o", color=style.color(m), label=style.label(m))
-        for _, r in pts.iterrows():
-            if axis is not None:
-                ax.annotate(
-                    f"{AXIS_LABEL[axis]}={r[axis]:.3g}",
-                    (r["comm/mb_total"], r["test/acc_avg"] * 100),
-                    fontsize=7,
-                    xytext=(3, 3),
-                    textcoords="offset points",
-                )
-        c = chosen[chosen["method"] == m]
-        ax.scatter(
-            c["comm/mb_total"],
-            c["test/acc_avg"] * 100,
-            s=120,
-            facecolors="none",
-            edgecolors=style.color(m),
-            linewidths=1.5,
-        )
     ind = chosen[chosen["method"] == "independent"]
-    if not ind.empty:
-        ax.axhline(
-            ind["test/acc_ens"].iloc[0] * 100,
-            color="gray",
-            ls="--",
-            label="independent ensemble (no communication)",
-        )
-        ax.axhline(
-            ind["test/acc_aligned"].iloc[0] * 100,
-            color="gray",
-            ls=":",
-            label="independent, aligned average",
-        )
+    refs = [] if ind.empty else [ind["test/acc_ens"].iloc[0], ind["test/acc_aligned"].iloc[0]]
+    methods = [m for m in methods_in(pd.concat([df, chosen])) if m != "independent"]
+    ys = [v * 100 for m in methods for v in _front_points(df, chosen, m)["test/acc_avg"]]
+    floor = _axis_floor(ys + [r * 100 for r in refs])
+    fig, ax = style.figure()
+    for m in methods:
+        pts, axis = _front_points(df, chosen, m), AXIS.get(m)
+        x, y = pts["comm/mb_total"].to_numpy(), pts["test/acc_avg"].to_numpy() * 100
+        shown = np.maximum(y, floor)
+        ax.plot(x, shown, color=style.color(m), label=style.label(m))
+        low = y < floor
+        ax.scatter(x[~low], y[~low], color=style.color(m), zorder=3)
+        ax.scatter(x[low], shown[low], color=style.color(m), marker="v", s=50, zorder=3)
+        for k, (_, r) in enumerate(pts.iterrows()):
+            text = "" if axis is None else f"{AXIS_LABEL[axis]}={r[axis]:.3g}"
+            if y[k] < floor:
+                text += f": {y[k]:.1f} %"
+            ax.annotate(text, (x[k], shown[k]), fontsize=7, textcoords="offset points",
+                        xytext=(4, 4 if k % 2 == 0 else -10))  # fmt: skip
+        c = chosen[chosen["method"] == m]
+        ax.scatter(c["comm/mb_total"], np.maximum(c["test/acc_avg"] * 100, floor), s=130,
+                   facecolors="none", edgecolors=style.color(m), linewidths=1.5)  # fmt: skip
+    for value, ls, name in zip(refs, ("--", ":"), ("ensemble", "aligned average"), strict=False):
+        if value * 100 >= floor:
+            ax.axhline(value * 100, color="gray", ls=ls, label=f"independent {name} (no comm.)")
+    ax.set_ylim(floor - 0.5, max(ys + [r * 100 for r in refs], default=100) + 1)
     ax.set_xscale("log")
     ax.set_xlabel("MB sent by the population during training (log)")
     ax.set_ylabel("averaged model, test accuracy (%)")
     ax.set_title(
         f"{task}: accuracy vs communication along each method's axis\n"
-        f"(seed {seed0}; ringed: the setting chosen on validation)"
+        f"(seed {seed0}; ringed: the setting chosen on validation; v: below the axis)"
     )
-    ax.legend(loc="lower right")
+    ax.legend(loc="best", fontsize=7)
     return style.save(fig, out / f"{task}_front")[0]
 
 
+P_MARKERS = ("v", "o", "s", "^", "D", "P")
+
+
 def _map_panel(ax, df: pd.DataFrame, by: str, wash_ps: list[float]) -> None:
-    for p in wash_ps:
+    shades = np.linspace(0.35, 1.0, max(1, len(wash_ps)))
+    for k, p in enumerate(wash_ps):
         d = df[(df["method"] == "wash") & np.isclose(df["p"], p)].sort_values(by)
         if not d.empty:
             ax.plot(
                 d[by],
                 d["test/acc_avg"] * 100,
-                marker="o",
+                marker=P_MARKERS[k % len(P_MARKERS)],
                 color=style.color("wash"),
-                alpha=0.35 + 0.65 * wash_ps.index(p) / max(1, len(wash_ps) - 1),
-                label=f"WASH p={p:.3g}",
+                alpha=float(shades[k]),
+                label=f"WASH p={p:.3g} averaged",
             )
     for m, ls in (("papa", "-"), ("independent", "--")):
         d = df[df["method"] == m].sort_values(by)
@@ -174,29 +170,32 @@ def _map_panel(ax, df: pd.DataFrame, by: str, wash_ps: list[float]) -> None:
 
 
 def fig_failure_map(runs: pd.DataFrame, task: str, out: Path) -> Path:
-    """WASH's averaged model over schedule length (each p) and over N, beside PAPA and naive
-    averaging (seed 0)."""
+    """WASH's averaged model over schedule length (each p) and, when the map has several N,
+    over N, beside PAPA and naive averaging (seed 0)."""
     df = seed0_runs(runs, task, "map")
     seed0 = int(df["seed"].min()) if not df.empty else 0
-    fig, axes = style.figure(2)
     n0 = int(df["n_members"].mode().iloc[0]) if not df.empty else 5
     e0 = int(df["epochs"].max()) if not df.empty else 0
-    at_n0 = df[df["n_members"] == n0]
-    ps = sorted({float(p) for p in at_n0[at_n0["method"] == "wash"]["p"]})
-    # the epochs panel: every run at the main N; WASH lines per p value with >1 length
-    multi = [p for p in ps if (np.isclose(at_n0["p"], p) & (at_n0["method"] == "wash")).sum() > 1]
+    at_n0, at_e0 = df[df["n_members"] == n0], df[df["epochs"] == e0]
+    several_n = at_e0["n_members"].nunique() > 1
+    fig, axes = style.figure(2 if several_n else 1)
+    axes = list(np.atleast_1d(axes))
+    wash = at_n0[at_n0["method"] == "wash"]
+    # the epochs panel: WASH lines for the p values run at more than one length
+    multi = sorted(float(p) for p, k in wash.groupby("p")["epochs"].nunique().items() if k > 1)
     _map_panel(axes[0], at_n0, "epochs", multi)
     axes[0].set_xticks(sorted(set(at_n0["epochs"])))
     axes[0].set_xlabel("epochs of training (cosine schedule to 0)")
     axes[0].set_title(f"{task}: over schedule length (N = {n0}, seed {seed0})")
-    at_e0 = df[(df["epochs"] == e0) & has_role(df, "map")]
-    wash_n = at_e0[at_e0["method"] == "wash"]
-    common = wash_n.groupby("p")["n_members"].nunique()
-    p_n = [float(p) for p, k in common.items() if k > 1]
-    _map_panel(axes[1], at_e0, "n_members", p_n)
-    axes[1].set_xticks(sorted(set(at_e0["n_members"])))
-    axes[1].set_xlabel("population size N")
-    axes[1].set_title(f"{task}: over N ({e0} epochs, seed {seed0})")
+    if several_n:
+        wash_n = at_e0[at_e0["method"] == "wash"]
+        p_n = sorted(
+            float(p) for p, k in wash_n.groupby("p")["n_members"].nunique().items() if k > 1
+        )
+        _map_panel(axes[1], at_e0, "n_members", p_n)
+        axes[1].set_xticks(sorted(set(at_e0["n_members"])))
+        axes[1].set_xlabel("population size N")
+        axes[1].set_title(f"{task}: over N ({e0} epochs, seed {seed0})")
     return style.save(fig, out / f"{task}_failure_map")[0]
 
 

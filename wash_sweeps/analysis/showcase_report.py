@@ -36,6 +36,11 @@ from .showcase_data import (
 from .showcase_figures import draw
 
 
+def mb(x: float) -> str:
+    """Megabytes without exponents: 2905, 155, 4.75, 0.0123."""
+    return f"{x:.0f}" if x >= 100 else f"{x:.3g}"
+
+
 def _fmt(key: str, values: dict[int, float]) -> str:
     if not values:
         return "—"
@@ -121,19 +126,28 @@ def front_table(runs: pd.DataFrame, task: str) -> str:
     for _, r in df.sort_values(["method", "comm/mb_total"]).iterrows():
         a = axis.get(r["method"], "")
         lines.append(
-            f"| {style.label(r['method'])} | {a}={r[a]:.3g} | {r['comm/mb_total']:.3g} | "
+            f"| {style.label(r['method'])} | {a}={r[a]:.3g} | {mb(r['comm/mb_total'])} | "
             f"{r['test/acc_avg'] * 100:.1f} | {r['test/acc_ens'] * 100:.1f} |"
         )
     return "\n".join(lines)
 
 
+def _pick(d: pd.DataFrame, method: str) -> pd.Series | None:
+    """`method`'s run in a map cell; for WASH, the p with the best validation accuracy there
+    (chosen on validation, read on test, like everything else)."""
+    d = d[d["method"] == method].dropna(subset=["val/acc_avg"])
+    return None if d.empty else d.loc[d["val/acc_avg"].idxmax()]
+
+
 def winners_table(runs: pd.DataFrame, task: str) -> str:
-    """At each schedule length and N of the map: the best averaged model of naive averaging,
-    PAPA and WASH (its best p there), seed 0; a gap under 1 point is called a tie."""
+    """At each schedule length and N of the map: test accuracy of the averaged model of naive
+    averaging, PAPA and WASH (its p chosen on validation in that cell), seed 0; the winners are
+    those within one point of the best (one seed cannot resolve less)."""
     df = seed0_runs(runs, task, "map")
     if df.empty:
         return "(no map runs)"
-    lines = ["| setting | naive average | PAPA | WASH (best p) | wins |", "|---|---|---|---|---|"]
+    head = "| setting | naive average | PAPA | WASH (p chosen on validation) | wins |"
+    lines = [head, "|---|---|---|---|---|"]
     n0 = int(df["n_members"].mode().iloc[0])
     e0 = int(df["epochs"].max())
     cells = [
@@ -145,21 +159,19 @@ def winners_table(runs: pd.DataFrame, task: str) -> str:
         for n in sorted(set(df["n_members"]))
         if n != n0
     ]
+    names = {"independent": "naive average", "papa": "PAPA", "wash": "WASH"}
     for what, d in cells:
-        best = {}
-        for m, name in (("independent", "naive average"), ("papa", "PAPA"), ("wash", "WASH")):
-            v = d[d["method"] == m]["test/acc_avg"]
-            best[name] = (float(v.max()), d.loc[v.idxmax()]) if not v.empty else (math.nan, None)
-        top = max(best.values(), key=lambda t: t[0] if math.isfinite(t[0]) else -1)[0]
-        wins = [k for k, (v, _) in best.items() if math.isfinite(v) and top - v < 0.01]
-        wash_v, wash_r = best["WASH"]
-        wash_cell = f"{wash_v * 100:.1f} (p={wash_r['p']:.3g})" if wash_r is not None else "—"
-        row = [
-            f"{best[k][0] * 100:.1f}" if math.isfinite(best[k][0]) else "—"
-            for k in ("naive average", "PAPA")
-        ]
+        picked = {name: _pick(d, m) for m, name in names.items()}
+        acc = {k: (math.nan if r is None else float(r["test/acc_avg"])) for k, r in picked.items()}
+        top = max((v for v in acc.values() if math.isfinite(v)), default=math.nan)
+        wins = [k for k, v in acc.items() if math.isfinite(v) and top - v < 0.01]
+        cell = {k: "—" if not math.isfinite(v) else f"{v * 100:.1f}" for k, v in acc.items()}
+        if picked["WASH"] is not None:
+            cell["WASH"] += f" (p={picked['WASH']['p']:.3g})"
         win = " = ".join(wins) if len(wins) < 3 else "tie"
-        lines.append(f"| {what} | {row[0]} | {row[1]} | {wash_cell} | {win} |")
+        lines.append(
+            f"| {what} | {cell['naive average']} | {cell['PAPA']} | {cell['WASH']} | {win} |"
+        )
     return "\n".join(lines)
 
 
@@ -180,7 +192,7 @@ def headline(runs: pd.DataFrame, tasks: list[str]) -> str:
             continue
         d = paired(runs, task, "wash", "test/acc_avg", "papa", "test/acc_avg")
         e = paired(runs, task, "wash", "test/acc_avg", "independent", "test/acc_ens")
-        mb = mean_std(per_seed(runs, task, "wash", "comm/mb_total"))[0]
+        mb_wash = mean_std(per_seed(runs, task, "wash", "comm/mb_total"))[0]
         mb_papa = mean_std(per_seed(runs, task, "papa", "comm/mb_total"))[0]
         naive = mean_std(per_seed(runs, task, "independent", "test/acc_avg"))[0]
         parts.append(
@@ -188,8 +200,8 @@ def headline(runs: pd.DataFrame, tasks: list[str]) -> str:
             f"model reaches {mean_std(wash)[0] * 100:.1f} % test accuracy against PAPA's "
             f"{mean_std(papa)[0] * 100:.1f} % (paired difference {interval(d)} points) and the "
             f"independent ensemble's {mean_std(ens)[0] * 100:.1f} % ({interval(e)}), sending "
-            f"{mb:.3g} MB to PAPA's {mb_papa:.3g} MB; the naive average of independent members "
-            f"gets {naive * 100:.1f} %."
+            f"{mb(mb_wash)} MB to PAPA's {mb(mb_papa)} MB; the naive average of independent "
+            f"members gets {naive * 100:.1f} %."
         )
     return " ".join(parts) or "No reported runs yet."
 
