@@ -108,3 +108,22 @@ def test_the_readme_first_look_works_in_a_fresh_clone(clone: Path, tmp_path: Pat
         model = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
     x = torch.randn(4, *read_json(run_dir / "config.json")["derived"]["in_shape"])
     assert torch.allclose(model(x), load_averaged(run_dir)(x), atol=1e-5)
+
+
+HEADLINE = re.compile(
+    r"<!-- headline: docs/results/headline.md -->\n(.*?)\n<!-- /headline -->", re.S
+)
+
+
+def test_the_readme_headline_and_figure_are_the_reports() -> None:
+    """The README quotes docs/results/headline.md (written by the report stage from the runs)
+    word for word, and its first figure is one the report stage drew."""
+    readme = (ROOT / "README.md").read_text()
+    quoted = HEADLINE.search(readme)
+    assert quoted, "README: no headline block quoting docs/results/headline.md"
+    headline = (ROOT / "docs/results/headline.md").read_text()
+    assert " ".join(quoted.group(1).split()) == " ".join(headline.split())
+    first_image = re.search(r'<img src="([^"]+)"', readme)
+    assert first_image and first_image.group(1).startswith("docs/results/figures/")
+    assert (ROOT / first_image.group(1)).is_file()
+    assert readme.index("<img") < readme.index("make demo") < readme.index("make test")
