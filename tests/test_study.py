@@ -51,6 +51,9 @@ conditions:
 """
 
 TINY = ["--set", "n_train=256", "--set", "threads=1"]
+# trials long enough (a few seconds) that a second process, still importing torch on a loaded
+# machine, gets a share: with 1-epoch trials on 256 samples one process could take all of them
+SHARED = ["--set", "epochs=4", "--set", "n_train=1024", "--set", "threads=1"]
 
 
 def sweep_file(tmp_path: Path, text: str) -> Path:
@@ -118,7 +121,7 @@ def check_parallel_study(storage: str, name: str, n: int) -> None:
 def test_two_workers_share_the_default_journal(tmp_path):
     sweep, out = sweep_file(tmp_path, RANDOM), tmp_path / "study"
     r = cli("study", str(sweep), "--n-trials", "4", "--workers", "2", "--out", str(out),
-            "--pruner", "none", "--set", "epochs=1", *TINY)  # fmt: skip
+            "--pruner", "none", *SHARED)  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     check_parallel_study(str(out / JOURNAL_NAME), "rand", 4)
     assert "best trial" in r.stdout
@@ -140,7 +143,7 @@ def test_two_machines_share_a_postgresql_study(tmp_path, postgres):
     url = postgres.create_db("study_two_machines")
     sweep = sweep_file(tmp_path, RANDOM)
     common = ["study", str(sweep), "--n-trials", "4", "--storage", url, "--pruner", "none",
-              "--set", "epochs=1", *TINY]  # fmt: skip
+              *SHARED]  # fmt: skip
     r = cli(*common, "--out", str(tmp_path / "machine-a"), "--create-only")
     assert r.returncode == 0, r.stderr[-2000:]
     machines = [

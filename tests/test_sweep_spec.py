@@ -14,7 +14,12 @@ from sweeps import schema_violations_from_proposed_config
 from wash_sweeps.config import ConfigError, TrainConfig
 from wash_sweeps.sweep_spec import dvc_grid, load_spec
 
-SHIPPED = sorted(glob.glob(str(Path(__file__).parent.parent / "sweeps" / "*.yaml")))
+# every sweep file in sweeps/ (showcase.yaml is the showcase's own file: tests/test_showcase.py)
+SHIPPED = sorted(
+    f
+    for f in glob.glob(str(Path(__file__).parent.parent / "sweeps" / "*.yaml"))
+    if Path(f).name != "showcase.yaml"
+)
 
 COND = textwrap.dedent(
     """
@@ -239,3 +244,10 @@ def test_baselines_grid_conditions_the_merge_period_on_the_merging_methods():
         spec.resolve(g)  # every combination is a valid config
     per_seed = {tuple(sorted((k, v) for k, v in g.items() if k != "seed")) for g in grid}
     assert len(grid) == 3 * len(per_seed) == 3 * (1 + 1 + 3 * 2 + 2)
+
+
+def test_the_showcase_file_is_named_for_what_it_is():
+    """`wash-sweeps study sweeps/showcase.yaml` says which command reads that file."""
+    showcase = Path(__file__).parent.parent / "sweeps" / "showcase.yaml"
+    with pytest.raises(ConfigError, match="a showcase file, not a sweep file: run `wash-sweeps"):
+        load_spec(showcase)

@@ -217,6 +217,10 @@ def parse_spec(raw: Any, path: str = "<sweep>") -> SweepSpec:
     if not isinstance(raw, dict):
         raise ConfigError("a sweep file must be a mapping with method, metric and parameters")
     unknown = sorted(set(raw) - set(WANDB_KEYS) - set(EXTENSIONS))
+    if {"tasks", "methods"} <= set(raw):
+        raise ConfigError(
+            "a showcase file, not a sweep file: run `wash-sweeps showcase tune` and `plan` on it"
+        )
     if unknown:
         raise ConfigError(
             f"unknown top-level key {unknown[0]!r}; allowed: {', '.join(WANDB_KEYS + EXTENSIONS)}"
