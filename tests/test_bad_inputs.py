@@ -324,3 +324,33 @@ def test_overwrite_refusal(finished, capsys):
 def test_the_table_has_at_least_80_inputs():
     n = len(SET_CASES) + len(ARG_CASES) + len(SWEEP_CASES) + len(YAML_CASES) + len(RUN_DIR_CASES)
     assert n + 2 >= 80
+
+
+# every command that reads a user's YAML file, through the one shared reader (`yaml_file`)
+YAML_COMMANDS = {
+    "config": ["train", "--config", "{file}", "--workdir", "{tmp}/r"],
+    "sweep": ["study", "{file}", "--out", "{tmp}/o"],
+    "showcase": ["showcase", "plan", "{file}", "--out", "{tmp}/o"],
+    "params": ["grid", "{file}", "--out", "{tmp}/o"],
+    "params (dvc-params)": ["dvc-params", "--params", "{file}", "--check"],
+}
+BAD_FILES = [
+    ("latin-1", b"name: caf\xe9\n", "not UTF-8"),
+    ("utf-16", "epochs: 1\n".encode("utf-16"), "not UTF-8"),
+    ("broken", b"a: [1\n", "not valid YAML"),
+    ("directory", None, "does not exist"),
+]
+
+
+@pytest.mark.parametrize("what", list(YAML_COMMANDS))
+@pytest.mark.parametrize("kind, data, named", BAD_FILES, ids=[c[0] for c in BAD_FILES])
+def test_every_yaml_file_is_read_in_one_line(what, kind, data, named, finished, capsys, tmp_path):
+    path = tmp_path / "in.yaml"
+    if data is None:
+        path.mkdir()
+    else:
+        path.write_bytes(data)
+    argv = [a.format(file=path, tmp=tmp_path) for a in YAML_COMMANDS[what]]
+    expect_one_line(argv, named, finished, capsys)
+    assert main(argv) == 2
+    assert str(path) in capsys.readouterr().err  # the line names the file

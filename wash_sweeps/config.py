@@ -23,8 +23,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 Dataset = Literal["mnist1d", "digits", "cifar10", "cifar100", "synthetic"]
 Model = Literal["cnn1d", "cnn_digits", "mlp", "resnet18", "resnet20", "vgg16_bn"]
 Method = Literal["independent", "wash", "papa", "papa_all", "papa2", "dart"]
@@ -259,16 +257,9 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except UnicodeDecodeError:
-            raise ConfigError(f"config file {str(path)!r} is not UTF-8 text") from None
-        except yaml.YAMLError as e:
-            first = str(e).splitlines()[0]
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {first}") from e
+        from .yaml_file import read_yaml
+
+        data = read_yaml(path, "config") or {}
         if not isinstance(data, dict):
             raise ConfigError(f"config file {str(path)!r} must hold a mapping of field: value")
         return cls.from_dict({**data, **overrides})

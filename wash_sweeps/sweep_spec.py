@@ -35,8 +35,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .config import (
     ConfigError,
     TrainConfig,
@@ -48,6 +46,7 @@ from .config import (
 from .objectives import objectives_of
 from .presets import PRESETS
 from .sweep_params import Param, attach_conditions, parse_param
+from .yaml_file import read_yaml
 
 # `sweeps` 0.3 declares a pydantic-v1 config key; pydantic 2 warns about it at every import
 warnings.filterwarnings("ignore", message="Valid config keys have changed in V2")
@@ -197,14 +196,7 @@ def _default(field: str) -> Any:
 def load_spec(path: str | Path, overrides: Mapping[str, Any] | None = None) -> SweepSpec:
     """Read and validate a sweep file; every problem is a one-line ConfigError naming the file."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep file {str(path)!r} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    raw = read_yaml(path, "sweep")
     try:
         spec = parse_spec(raw, str(path))
     except ConfigError as e:

@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..config import ConfigError, Method, TrainConfig, field_names
 from ..objectives import objectives_of
 from ..presets import PRESETS
 from ..sweep_params import parse_param
+from ..yaml_file import read_yaml
 
 TOP = ("metric", "n_members", "tuning_seed", "seeds", "workers", "jobs", "methods", "tasks")
 TASK = ("preset", "trials", "set", "fronts", "map")
@@ -169,10 +168,5 @@ def parse_showcase(raw: Any, path: Path) -> Showcase:
 
 def load_showcase(path: str | Path) -> Showcase:
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"showcase file {str(path)!r} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    raw = read_yaml(path, "showcase")
     return parse_showcase(raw, path)
