@@ -376,3 +376,52 @@ def test_papa2_distributed_equals_single_process(world, tmp_path):
         assert wire == summary["comm/bytes_total"]
     else:  # rows of members sharing a process are copied in memory
         assert 0 < wire < summary["comm/bytes_total"]
+
+
+def _fp16_worker(rank: int, world: int, init_file: str, out: str) -> None:
+    """Each rank one member with its own GradScaler (fp16 arithmetic is CUDA's; GradScaler runs
+    on the CPU too). Rank 1 alone overflows at the first step."""
+    from types import SimpleNamespace
+
+    from wash_sweeps.population import Population
+    from wash_sweeps.train import population_state
+
+    _join(rank, world, init_file)
+    try:
+        cfg = TrainConfig.from_preset("tiny", n_members=world, precision="fp16", device="auto")
+        ex = DistributedExchange(world)
+        pop = Population(cfg, (1, 40), 10, "cpu", members=ex.members)
+        pop.agree_max = ex.max_
+        pop.scaler.scale(torch.ones(()))  # the scale starts at the first scaled loss
+        history = []
+        for step in range(3):
+            before = pop.params.clone()
+            pop.grads.fill_(pop.scaler.get_scale() * 1e-3)  # a scaled gradient of 1e-3
+            if step == 0 and rank == 1:
+                pop.grads[0, 0] = float("inf")
+            pop.scaled_update(0.1)
+            history.append([not torch.equal(pop.params, before), pop.scaler.get_scale()])
+        state = population_state(
+            SimpleNamespace(pop=pop, cfg=cfg, placement=SimpleNamespace(exchange=ex))
+        )
+        if rank == 0:
+            Path(out).write_text(json.dumps({"history": history, "scaler": state["scaler"]}))
+        else:
+            Path(out + f".{rank}").write_text(json.dumps({"history": history}))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fp16_overflow_on_one_rank_skips_the_step_everywhere(tmp_path):
+    """As in one process (one scaler over the population): an inf in any member's gradient skips
+    every member's step and halves the scale on every rank, so the ranks keep one scale, which
+    the checkpoint (gathered to rank 0) records."""
+    out = str(tmp_path / "fp16.json")
+    mp.spawn(_fp16_worker, args=(2, str(tmp_path / "rdzv"), out), nprocs=2)
+    rank0 = json.loads(Path(out).read_text())
+    rank1 = json.loads(Path(out + ".1").read_text())
+    assert rank0["history"] == rank1["history"]
+    (stepped0, scale0), (stepped1, scale1), (stepped2, scale2) = rank0["history"]
+    assert not stepped0 and stepped1 and stepped2  # rank 0's finite step was skipped too
+    assert scale0 == 65536.0 / 2 and scale1 == scale2 == scale0
+    assert rank0["scaler"]["scale"] == scale2

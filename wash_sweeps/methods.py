@@ -58,6 +58,9 @@ class Exchange(Protocol):
         """(n_local, P): local row r becomes a copy of member sources[m]'s row, m the member of
         row r (`sources` has one entry per member, the same on every process)."""
 
+    def max_(self, flag: torch.Tensor) -> None:
+        """`flag` becomes its elementwise maximum over every process, in place."""
+
 
 class LocalExchange:
     """Every member is in this process: the operations are plain tensor ops."""
@@ -79,6 +82,9 @@ class LocalExchange:
 
     def rows_from(self, local: torch.Tensor, sources: Sequence[int]) -> torch.Tensor:
         return local[torch.as_tensor(list(sources), device=local.device)]
+
+    def max_(self, flag: torch.Tensor) -> None:
+        return None  # one process: its flag is everyone's
 
 
 class Method:

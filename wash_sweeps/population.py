@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -186,6 +186,9 @@ class Population:
         # one scaler for the population: an overflow in any member skips every member's step,
         # so members keep the same step count (the shuffle and PAPA's schedule rely on it)
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
+        # distributed: makes a (found inf) flag the maximum over every process, so that one
+        # overflow skips the step of the whole population and every rank keeps the same scale
+        self.agree_max: Callable[[torch.Tensor], None] | None = None
         # channels_last on the inputs only: the weights stay views of the flat rows (their
         # layout is the shuffle's and the checkpoints'); cuDNN then runs NHWC kernels and the
         # activations stay channels_last through the network
@@ -272,9 +275,15 @@ class Population:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def scaled_update(self, lr: float) -> None:
-        """fp16: unscale the flat grads, step every member unless any grad is inf/NaN, and
-        adjust the scale, through torch.amp.GradScaler."""
+        """fp16: unscale the flat grads, step every member unless any grad is inf/NaN (on any
+        process, when distributed), and adjust the scale, through torch.amp.GradScaler."""
         opt = _FlatOptimizer(self, lr)
+        if self.agree_max is not None:
+            self.scaler.unscale_(opt)  # records this process's found-inf flags
+            # GradScaler keeps them per optimizer; step() and update() read them from there
+            found = self.scaler._per_optimizer_states[id(opt)]["found_inf_per_device"]
+            for flag in found.values():
+                self.agree_max(flag)
         self.scaler.step(opt)
         self.scaler.update()
 

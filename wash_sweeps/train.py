@@ -74,6 +74,8 @@ def setup(
     check_precision(cfg.precision, device.type)
     data = load_data(cfg, device)
     pop = Population(cfg, data.in_shape, data.n_classes, device, placement.members)
+    if placement.shared:
+        pop.agree_max = placement.exchange.max_
     per_epoch = steps_per_epoch(data.n_train, cfg.batch_size)
     total = per_epoch * cfg.epochs
     method = make_method(cfg, pop, placement.exchange, total)
@@ -140,6 +142,8 @@ def population_state(run: Run) -> dict[str, Any] | None:
         "opt_state": opt_state,
         "opt_steps": local["opt_steps"],
         "int_buffers": [{k: v[i] for k, v in int_rows.items()} for i in range(n)],
+        # fp16: every process holds the same scale (overflow flags are agreed, Population)
+        **({"scaler": local["scaler"]} if "scaler" in local else {}),
     }
 
 
@@ -164,6 +168,7 @@ def _select_members(population: dict[str, Any], members: list[int]) -> dict[str,
         "opt_state": {k: v[rows] for k, v in population["opt_state"].items()},
         "opt_steps": population["opt_steps"],
         "int_buffers": [population["int_buffers"][r] for r in rows],
+        **({"scaler": population["scaler"]} if "scaler" in population else {}),
     }
 
 

@@ -145,6 +145,13 @@ class DistributedExchange:
         self.stats.allreduce_values += total.numel()
         return total.div_(self.n_members)
 
+    def max_(self, flag: torch.Tensor) -> None:
+        """`flag` becomes its elementwise maximum over every process (fp16: one rank's
+        overflow skips the step everywhere)."""
+        self._collective(
+            "all_reduce (fp16 overflow flag)", dist.all_reduce, flag, dist.ReduceOp.MAX
+        )
+
     def gather(self, local: torch.Tensor) -> torch.Tensor | None:
         """All N rows in member order on rank 0 (None elsewhere). Slices may differ by one row:
         each rank pads to the largest, since gather needs equal shapes."""
