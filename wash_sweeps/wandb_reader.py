@@ -6,7 +6,7 @@ decoder of that log, one JSON record per line) and folds the records back togeth
 
     from wash_sweeps.wandb_reader import find_runs, read_run
     run = read_run(find_runs("runs/mnist1d-wash-N5-p0.01-s0")[0])
-    run.history[-1]["val/acc_avg"], run.summary["val/acc_avg"], run.config["p"]
+    run.history[-1]["val/acc_avg"], run.last("val/acc_avg"), run.config["p"]
 
 From a shell: `wandb leet inspect --summary --json <offline-run dir>` (latest values) or
 `wandb leet <run_dir>/wandb` (the terminal UI).
@@ -39,6 +39,15 @@ class WandbRun:
     # define_metric declarations: {"name" or "glob_name", "step_metric", "summary": {"max": true}}
     metric_defs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     stats: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # system stats samples
+
+    def last(self, key: str) -> Any:
+        """The summary's last value of `key`. With define_metric(summary="max,last") W&B writes
+        {"max": .., "last": ..} once its backend has folded the history in, and the plain last
+        value when the run ended before that: either way, the last value."""
+        value = self.summary[key]
+        if isinstance(value, dict) and "last" in value:
+            return value["last"]
+        return value
 
 
 def find_runs(root: str | Path) -> list[Path]:

@@ -292,7 +292,20 @@ def _system_metrics(uri: str, run_id: str, resume: bool) -> Any:
 
         # four INFO lines per run ("Started monitoring ...") would bury the trainer's output
         logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
-        monitor = SystemMetricsMonitor(run_id, resume_logging=resume, tracking_uri=uri)
+
+        class Monitor(SystemMetricsMonitor):
+            def finish(self) -> None:
+                """MLflow drops the samples of the last, partial interval: a run shorter than
+                one interval would have none. They are logged as one last step."""
+                super().finish()
+                try:
+                    if any(m.metrics for m in self.monitors):
+                        self.publish_metrics(self.aggregate_metrics())
+                        self.mlflow_logger.flush()
+                except Exception as e:  # the run's own metrics are in: never fail over these
+                    warn(f"MLflow system metrics: last sample not logged ({first_line(e)})")
+
+        monitor = Monitor(run_id, resume_logging=resume, tracking_uri=uri)
         monitor.start()
         return monitor
     except Exception as e:
