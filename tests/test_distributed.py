@@ -62,13 +62,30 @@ def _join(rank: int, world: int, init_file: str, timeout_s: float = 60) -> None:
 
 def _check_operations(world: int) -> None:
     """permute_/mean/gather of every rank's slice equal LocalExchange on the whole population,
-    with N not divisible by W (uneven slices and uneven all_to_all splits)."""
+    with one member per process and with N not divisible by W (uneven slices and uneven
+    all_to_all splits); routes worked out ahead (`prepare`, as Wash's prefetch thread does) or
+    in permute_ itself."""
+    for n in (world, 2 * world + 1):
+        _check_permute(n)
     n, d = 2 * world + 1, 60
     full = [torch.randn(n, d, generator=torch.Generator().manual_seed(i)) for i in range(2)]
     ex = DistributedExchange(n)
     lo, hi = ex.slices[ex.rank].start, ex.slices[ex.rank].stop
-    for p in (0.0, 0.2, 1.0):
-        plan = draw_plan([Segment(0, d, p)], n, np.random.default_rng(int(p * 10)))
+    torch.testing.assert_close(ex.mean(full[0][lo:hi]), full[0].mean(0))
+    gathered = ex.gather(full[1][lo:hi])
+    assert torch.equal(gathered, full[1]) if ex.rank == 0 else gathered is None
+
+
+def _check_permute(n: int) -> None:
+    d = 60
+    full = [torch.randn(n, d, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    ex = DistributedExchange(n)
+    lo, hi = ex.slices[ex.rank].start, ex.slices[ex.rank].stop
+    for k, p in enumerate((0.0, 0.2, 1.0, 0.5)):
+        plan = draw_plan([Segment(0, d, p)], n, np.random.default_rng(k))
+        if k % 2:
+            ex.prepare(plan)  # the route is kept on the plan and used by permute_
+            assert plan.__dict__["_routes"]
         want = [t.clone() for t in full]
         want_values = LocalExchange(n).permute_(want, plan)
         mine = [t[lo:hi].clone() for t in full]
@@ -82,9 +99,6 @@ def _check_operations(world: int) -> None:
         owner = ex.owner
         cross = (plan.moved_mask() & (owner[plan.perm] != owner[torch.arange(n)])).sum()
         assert int(sent) == int(cross) * len(mine)
-    torch.testing.assert_close(ex.mean(full[0][lo:hi]), full[0].mean(0))
-    gathered = ex.gather(full[1][lo:hi])
-    assert torch.equal(gathered, full[1]) if ex.rank == 0 else gathered is None
 
 
 def _equal_worker(rank: int, world: int, init_file: str, jobs: list) -> None:

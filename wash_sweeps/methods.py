@@ -61,12 +61,18 @@ class Exchange(Protocol):
     def max_(self, flag: torch.Tensor) -> None:
         """`flag` becomes its elementwise maximum over every process, in place."""
 
+    def prepare(self, plan: ShufflePlan) -> None:
+        """Compute ahead (on Wash's prefetch thread) what `permute_` derives from `plan` alone."""
+
 
 class LocalExchange:
     """Every member is in this process: the operations are plain tensor ops."""
 
     def __init__(self, n_members: int):
         self.n_members = n_members
+
+    def prepare(self, plan: ShufflePlan) -> None:
+        """Nothing: in one process a plan is applied as drawn."""
 
     def permute_(self, tensors: Sequence[torch.Tensor], plan: ShufflePlan) -> int:
         plan = plan.to(tensors[0].device) if tensors else plan
@@ -129,11 +135,12 @@ class Wash(Method):
         self.segments = pop.spec.segments(cfg.p, cfg.layer_schedule)
         self.buffer_segments = pop.spec.buffer_segments(cfg.p, cfg.layer_schedule)
         self.last_stop = math.ceil(cfg.shuffle_until * total_steps)  # no shuffle at steps >= this
-        # on a GPU the host-side draw would leave the device idle: draw ahead on a thread (plans
-        # are pure functions of (seed, step)). On a CPU the thread would compete with the step's
-        # own threads, so by default not there.
+        # on a GPU the host-side draw would leave the device idle, and in a distributed run
+        # working out the route of the values would hold up the exchange: draw and route ahead
+        # on a thread (plans are pure functions of (seed, step)). In one process on a CPU the
+        # thread would compete with the step's own threads, so by default not there.
         if prefetch is None:
-            prefetch = pop.device.type == "cuda"
+            prefetch = pop.device.type == "cuda" or not isinstance(exchange, LocalExchange)
         self.prefetcher = Prefetcher(self._draw, "wash-plans") if prefetch else None
 
     def p_factor(self, step: int) -> float:
@@ -170,6 +177,9 @@ class Wash(Method):
         if self.pop.device.type == "cuda":
             plan = plan.pin_memory()
             bplan = bplan.pin_memory() if bplan is not None else None
+        for drawn in (plan, bplan):
+            if drawn is not None:
+                self.exchange.prepare(drawn)  # e.g. a distributed run's route of the values
         return plan, bplan
 
     def _draw_host(self, step: int) -> tuple[ShufflePlan, ShufflePlan | None]:

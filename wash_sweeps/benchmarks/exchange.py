@@ -4,8 +4,10 @@
 
 `bench_exchange(world_size, n_params, p, steps)` spawns `world_size` processes (file://
 rendezvous, no port), each holding one member's (1, n_params) float32 row, and times on the
-slowest rank: drawing the shared plan, `DistributedExchange.permute_` (one all_to_all_single),
-and `DistributedExchange.mean` (PAPA's all-reduce of the whole row). Bytes are whole-population
+slowest rank: the plan (drawing the shared plan and working out this rank's route, which a run
+does ahead on Wash's prefetch thread), `DistributedExchange.permute_` (gathering the values,
+one all_to_all_single, scattering them: what a training step waits for) and
+`DistributedExchange.mean` (PAPA's all-reduce of the whole row). Bytes are whole-population
 totals: `wire` is what went through the collectives, `counted` the method's accounting.
 """
 
@@ -57,11 +59,11 @@ def _worker(rank: int, world: int, tmp: str, n_params: int, p: float, steps: int
             dist.barrier()
             t0 = time.perf_counter()
             plan = draw_plan(segments, world, seeding.numpy_rng(0, seeding.SHUFFLE, step))
+            ex.prepare(plan)  # the route: in a run, on the prefetch thread with the draw
+            draw_s += _slowest(time.perf_counter() - t0)  # (a collective: ranks start together)
             t1 = time.perf_counter()
             changed += ex.permute_([row], plan)
-            t2 = time.perf_counter()
-            draw_s += _slowest(t1 - t0)
-            shuffle_s += _slowest(t2 - t1)
+            shuffle_s += _slowest(time.perf_counter() - t1)
         sent = torch.tensor([ex.stats.sent_values], dtype=torch.float64)
         dist.all_reduce(sent)
         reduce_s = 0.0

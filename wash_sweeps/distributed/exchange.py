@@ -84,6 +84,22 @@ class _Route:
     n_cross: int  # entries crossing between any two ranks (every rank knows it)
     n_local: int  # entries moving inside any rank
 
+    def positions(self, row_length: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """(send, recv, local_src, local_dst) as positions in a flattened contiguous
+        (n_local, row_length) tensor: one index_select / index_copy_ per tensor. Cached per
+        (row length, device): the weights and each optimizer-state tensor reuse them."""
+        cache = self.__dict__.setdefault("_positions", {})
+        key = (row_length, device)
+        if key not in cache:
+            pairs = (
+                (self.send_rows, self.send_cols),
+                (self.recv_rows, self.recv_cols),
+                (self.local_src, self.local_cols),
+                (self.local_dst, self.local_cols),
+            )
+            cache[key] = tuple((r * row_length + c).to(device) for r, c in pairs)
+        return cache[key]
+
 
 class DistributedExchange:
     """The `Exchange` of `methods` over the default torch.distributed process group."""
@@ -105,14 +121,12 @@ class DistributedExchange:
         if not tensors or plan.n_selected == 0:
             return 0
         start = time.perf_counter()
-        route = self._route(plan)
-        device = tensors[0].device
-        to = dict(device=device)
+        route = self.route(plan)  # already there when prefetched
+        flats = [t.view(-1) for t in tensors]  # contiguous (n_local, P) rows
+        send, recv, local_src, local_dst = route.positions(tensors[0].shape[1], flats[0].device)
         # read every source value before writing any: a permutation may chain members
-        sent = torch.stack(
-            [t[route.send_rows.to(**to), route.send_cols.to(**to)] for t in tensors], 1
-        )
-        local = [t[route.local_src.to(**to), route.local_cols.to(**to)] for t in tensors]
+        sent = torch.stack([f.index_select(0, send) for f in flats], 1)
+        local = [f.index_select(0, local_src) for f in flats]
         if route.n_cross:
             n_t = len(tensors)
             received = sent.new_empty((sum(route.recv_counts), n_t))
@@ -120,15 +134,14 @@ class DistributedExchange:
                 "all_to_all_single (WASH values)",
                 dist.all_to_all_single,
                 received.view(-1),
-                sent.reshape(-1),
+                sent.view(-1),
                 output_split_sizes=[c * n_t for c in route.recv_counts],
                 input_split_sizes=[c * n_t for c in route.send_counts],
             )
-            rows, cols = route.recv_rows.to(**to), route.recv_cols.to(**to)
-            for k, t in enumerate(tensors):
-                t[rows, cols] = received[:, k]
-        for t, values in zip(tensors, local, strict=True):
-            t[route.local_dst.to(**to), route.local_cols.to(**to)] = values
+            for k, f in enumerate(flats):
+                f.index_copy_(0, recv, received[:, k])
+        for f, values in zip(flats, local, strict=True):
+            f.index_copy_(0, local_dst, values)
         self.stats.seconds += time.perf_counter() - start
         self.stats.sent_values += sent.numel()
         # with one member per process every changed value crosses the network; members that
@@ -207,38 +220,74 @@ class DistributedExchange:
         return out
 
     # --- helpers -------------------------------------------------------------------------------
+    def prepare(self, plan: ShufflePlan) -> None:
+        """Work out this rank's route of `plan` ahead of `permute_` (Wash's prefetch thread
+        calls it): the route is a pure function of the plan and the rank, so computing it
+        early takes it off the training step's critical path."""
+        self.route(plan)
+
+    def route(self, plan: ShufflePlan) -> _Route:
+        """This rank's route of `plan`, computed once per plan (kept on the plan)."""
+        routes = plan.__dict__.setdefault("_routes", {})
+        key = (self.rank, self.world_size, self.n_members)
+        if key not in routes:
+            routes[key] = self._route(plan)
+        return routes[key]
+
     def _route(self, plan: ShufflePlan) -> _Route:
         """Every rank derives every route from the shared plan, so only values are sent. Both
-        ends list the entries (j, i) of a rank pair in the same row-major order."""
-        perm, index, me = plan.perm.cpu(), plan.index.cpu(), self.rank
-        receiver = torch.arange(self.n_members).expand_as(perm)
-        moved = perm != receiver
-        src, dst = self.owner[perm], self.owner[receiver]
-        lo = self.slices[me].start
-
-        def pick(mask: torch.Tensor, rank_of: torch.Tensor):
-            j, i = mask.nonzero(as_tuple=True)
-            order = torch.sort(rank_of[j, i], stable=True).indices  # group by peer rank
-            j, i = j[order], i[order]
-            counts = torch.bincount(rank_of[j, i], minlength=self.world_size).tolist()
-            return j, i, counts
-
-        sj, si, send_counts = pick(moved & (src == me) & (dst != me), dst)
-        rj, ri, recv_counts = pick(moved & (dst == me) & (src != me), src)
-        lj, li = (moved & (src == me) & (dst == me)).nonzero(as_tuple=True)
+        ends list the entries (j, i) of a rank pair in row-major order over the receiving
+        rank's columns of `perm` (member i of that rank gets member perm[j, i]'s value), so the
+        k x N work is a handful of comparisons and one nonzero per peer rank, with no sort."""
+        perm, index = plan.perm.cpu(), plan.index.cpu()
+        me, mine = self.rank, self.slices[self.rank]
+        lo, hi = mine.start, mine.stop
+        incoming = perm[:, lo:hi]  # (k, m): what this rank's members receive
+        src = self.owner[incoming] if self.world_size < self.n_members else incoming
+        send_rows, send_cols, send_counts = [], [], []
+        recv_rows, recv_cols, recv_counts = [], [], []
+        for q, theirs in enumerate(self.slices):
+            if q == me:
+                send_counts.append(0)
+                recv_counts.append(0)
+                continue
+            outgoing = perm[:, theirs.start : theirs.stop]  # what rank q's members receive
+            j, c = ((outgoing >= lo) & (outgoing < hi)).nonzero(as_tuple=True)
+            send_rows.append(outgoing[j, c] - lo)
+            send_cols.append(index[j])
+            send_counts.append(int(j.numel()))
+            j, c = (src == q).nonzero(as_tuple=True)
+            recv_rows.append(c)
+            recv_cols.append(index[j])
+            recv_counts.append(int(j.numel()))
+        own = torch.arange(lo, hi, dtype=perm.dtype)
+        lj, lc = ((src == me) & (incoming != own)).nonzero(as_tuple=True)
+        n_local = self._moves_inside_ranks(perm)
+        n_moved = plan.n_moved()
         return _Route(
-            send_rows=perm[sj, si] - lo,
-            send_cols=index[sj],
+            send_rows=_cat(send_rows),
+            send_cols=_cat(send_cols),
             send_counts=send_counts,
-            recv_rows=ri - lo,
-            recv_cols=index[rj],
+            recv_rows=_cat(recv_rows),
+            recv_cols=_cat(recv_cols),
             recv_counts=recv_counts,
-            local_src=perm[lj, li] - lo,
-            local_dst=li - lo,
+            local_src=incoming[lj, lc] - lo,
+            local_dst=lc,
             local_cols=index[lj],
-            n_cross=int((moved & (src != dst)).sum()),
-            n_local=int((moved & (src == dst)).sum()),
+            n_cross=n_moved - n_local,
+            n_local=n_local,
         )
+
+    def _moves_inside_ranks(self, perm: torch.Tensor) -> int:
+        """Moved entries whose source and receiver share a rank (any rank: every rank knows the
+        count). None with one member per process."""
+        total = 0
+        for sl in self.slices:
+            if len(sl) > 1:
+                block = perm[:, sl.start : sl.stop]
+                own = torch.arange(sl.start, sl.stop, dtype=perm.dtype)
+                total += int(((block >= sl.start) & (block < sl.stop) & (block != own)).sum())
+        return total
 
     def _collective(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         start = time.perf_counter()
@@ -276,3 +325,7 @@ class DistributedExchange:
             "dist/network_bytes_total": (sent + ring) * elem,
             "dist/exchange_s_max_rank": float(slowest.item()),
         }
+
+
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat(parts) if parts else torch.empty(0, dtype=torch.int64)
