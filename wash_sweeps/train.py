@@ -36,7 +36,7 @@ from .methods import dp_sgd_bytes_per_step, make_method
 from .population import Population
 from .results import RunDir, exclusive, provenance, read_json
 from .run_state import Placement, Run, SilentRunDir, State, lr_at
-from .runtime import ThreadPolicy, check_precision
+from .runtime import ThreadPolicy, check_precision, keep_freed_memory
 from .tracking import Tracker, make_tracker
 
 OnEpoch = Callable[[int, dict[str, float]], None]
@@ -69,6 +69,7 @@ def setup(
     resume: bool = False,
 ) -> Run:
     start = time.perf_counter()  # the run's wall time includes loading the data
+    keep_freed_memory()  # no page faults on every large CPU tensor (runtime.keep_freed_memory)
     threads = ThreadPolicy(cfg.threads)
     device = resolve_device(cfg.device)
     check_precision(cfg.precision, device.type)
