@@ -91,6 +91,34 @@ def test_any_trial_error_fails_the_trial_with_its_reason(tmp_path, monkeypatch, 
     assert trial.user_attrs["fail_reason"] == "RuntimeError: an unexpected bug"
 
 
+def test_ctrl_c_turned_into_another_error_by_optunas_lock_is_still_ctrl_c(
+    tmp_path, monkeypatch, capsys
+):
+    """Ctrl-C while Optuna's journal-file lock is awaited: the lock's cleanup releases a lock it
+    does not hold and raises RuntimeError("did not possess lock") in place of the interrupt. It
+    is still an interrupt: the trial fails as interrupted, its retry is queued, exit 130 (it was
+    a failed trial and exit 0, and the study went on)."""
+    from optuna.storages.journal import JournalFileOpenLock
+
+    import wash_sweeps.train
+
+    def interrupted_in_lock(*args, **kwargs):
+        lock = JournalFileOpenLock(str(tmp_path / "other.log"))
+        try:
+            raise KeyboardInterrupt  # arrives while acquire() sleeps
+        except BaseException:
+            lock.release()  # what acquire() does on any exception: RuntimeError here
+            raise
+
+    monkeypatch.setattr(wash_sweeps.train, "train_and_evaluate", interrupted_in_lock)
+    out = tmp_path / "study"
+    assert main(["study", str(sweep(tmp_path, ONE)), "--out", str(out), *CHEAP]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    first, retry = trials(out, "one")
+    assert first.state.name == "FAIL" and first.user_attrs["fail_reason"] == "interrupted"
+    assert retry.state.name == "WAITING" and retry.system_attrs["failed_trial"] == 0
+
+
 def test_a_retry_ignores_run_control_fields(tmp_path, tiny_cfg):
     """What a changed --workers does to a retried trial: threads (and out_dir, progress...)
     differ from the checkpoint's config; the trial resumes instead of failing."""

@@ -21,7 +21,7 @@ from typing import Any
 
 from .config import ConfigError
 from .console import say
-from .errors import RunFailure
+from .errors import RunFailure, interrupted
 from .redact import redact_text
 
 # command -> (module, help, example); each module has add_arguments(parser) and run(args) -> int
@@ -168,5 +168,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:
-        print("wash-sweeps: interrupted; results written so far are kept", file=sys.stderr)
-        return 130
+        return _interrupted()
+    except Exception as e:
+        if not interrupted(e):  # a Ctrl-C that a library's cleanup turned into another error
+            raise
+        return _interrupted()
+
+
+def _interrupted() -> int:
+    print("wash-sweeps: interrupted; results written so far are kept", file=sys.stderr)
+    return 130

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..config import ConfigError, TrainConfig
 from ..console import say
-from ..errors import RunFailure
+from ..errors import RunFailure, interrupted
 from ..redact import redact_text
 from ..results import RunFiles
 from ..sweep_spec import SweepSpec
@@ -66,15 +66,14 @@ def run_trial(
             note = f"non-finite objective {values}"
             trial.set_user_attr(FAIL_REASON, note)
     except KeyboardInterrupt:
-        # Ctrl-C: fail the trial and queue its retry now, so the same command resumes it from
-        # its checkpoint without waiting for the heartbeat's grace period
-        trial.set_user_attr(FAIL_REASON, "interrupted")
-        study.tell(trial, state=TrialState.FAIL)
-        queue_retry(study, storage, attempt.trial_id, settings.max_retry)
+        _interrupted(study, storage, trial, attempt, settings)
         raise
     except optuna.TrialPruned as e:
         state, note = TrialState.PRUNED, str(e)
     except Exception as e:
+        if interrupted(e):  # a Ctrl-C that a library's cleanup turned into another error
+            _interrupted(study, storage, trial, attempt, settings)
+            raise KeyboardInterrupt from e
         # a bad sampled combination, a NaN loss, a checkpoint that does not match, a failed
         # torchrun job, a bug: the trial fails with its reason (never left RUNNING), the study
         # goes on
@@ -83,6 +82,18 @@ def run_trial(
     link_trackers(trial, attempt.run_dir)  # a torchrun job's rank 0 opened them
     study.tell(trial, values if state == TrialState.COMPLETE else None, state=state)
     say(_outcome_line(study, trial, state.name, spec, params, values, note, start))
+
+
+def _interrupted(
+    study: Any, storage: Any, trial: Any, attempt: Attempt, settings: TrialSettings
+) -> None:
+    """Ctrl-C: fail the trial and queue its retry now, so the same command resumes it from its
+    checkpoint without waiting for the heartbeat's grace period."""
+    from optuna.trial import TrialState
+
+    trial.set_user_attr(FAIL_REASON, "interrupted")
+    study.tell(trial, state=TrialState.FAIL)
+    queue_retry(study, storage, attempt.trial_id, settings.max_retry)
 
 
 def _begin(study: Any, storage: Any, trial: Any, out: Path) -> Attempt:
