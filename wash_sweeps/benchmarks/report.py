@@ -40,10 +40,21 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         ]
     return (
         out
+        + _e2e_targets(res.get("e2e"))
         + _thread_targets(res.get("threads"))
         + _gpu_targets(res.get("gpu"))
         + _dist_targets(res.get("distributed"))
     )
+
+
+def _e2e_targets(e: dict | None) -> list[dict]:
+    """Issue 15 on 2 idle cores: evaluation <= 30% of a run's wall time, the demo <= 90 s."""
+    if not e or e["run"]["preset"] != "mnist1d-fast":  # --tiny runs say nothing
+        return []
+    return [
+        _check("e2e: evaluation share of a run's wall time", e["run"]["eval_share"], 0.30),
+        _check("e2e: demo wall time, s", e["demo"]["wall_s"], 90.0),
+    ]
 
 
 def _dist_targets(d: dict | None) -> list[dict]:
@@ -141,7 +152,8 @@ def _e2e_table(e: dict) -> list[str]:
         "## e2e",
         f"run {r['preset']} ({r['method']}, N={r['n_members']}, {r['epochs']} epochs): "
         f"{r['wall_s']:.1f} s wall, {r['train_samples_per_s']:.0f} samples/s in training, "
-        f"{r['wall_samples_per_s']:.0f} samples/s over the wall time",
+        f"{r['wall_samples_per_s']:.0f} samples/s over the wall time, "
+        f"evaluation {r['eval_s']:.1f} s = {100 * r['eval_share']:.0f}% of the run's wall time",
         f"demo ({d['how']}): {d['wall_s']:.1f} s",
     ]
 
