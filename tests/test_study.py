@@ -164,6 +164,10 @@ def test_two_machines_share_a_postgresql_study(tmp_path, postgres):
         assert not (tmp_path / m / JOURNAL_NAME).exists()
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def wait_for(predicate, timeout: float, what: str) -> None:
     end = time.time() + timeout
     while time.time() < end:
@@ -186,7 +190,11 @@ def test_killed_worker_trial_is_retried_from_its_checkpoint(tmp_path, kind, sig)
            "--out", str(out), "--storage", storage, "--heartbeat", "1", "--grace", "2",
            "--pruner", "none", "--set", "epochs=30", "--set", "n_train=256",
            "--set", "threads=1"]  # fmt: skip
-    worker = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # as from a terminal: a job started in the background by a non-interactive shell (how CI
+    # may run) inherits an ignored SIGINT, and Python then never raises KeyboardInterrupt
+    worker = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=_default_sigint
+    )
     ckpt = out / "trials" / "trial-0" / "checkpoint.pt"
     # 30 short epochs: the signal (50 ms after the first checkpoint) must land mid-trial even on
     # an idle machine, where 6 epochs could all finish first
